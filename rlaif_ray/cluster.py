@@ -1,0 +1,82 @@
+"""Start or attach Ray safely, and reserve placement groups with a clear error instead of a silent hang.
+
+Never `ray stop`: it kills every Ray process on the host, including other users' clusters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+
+from .config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# Environment every actor of a local cluster inherits: offline hub, quiet tokenizers, vLLM on CPU.
+ACTOR_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def init_ray(cfg: RayConfig, env: dict[str, str] | None = None) -> None:
+    """`address='local'` starts a private Ray with its own temp dir; anything else attaches.
+
+    Inside `ray job submit` the job already carries a runtime_env: attaching with another one
+    fails, so we pass none there.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    t0 = time.perf_counter()
+    if cfg.address == "local":
+        env_vars = {**ACTOR_ENV, **_passthrough_env(), **(env or {})}
+        temp_dir = cfg.temp_dir or tempfile.mkdtemp(prefix="rlaif-ray-")
+        ray.init(
+            address="local",
+            # Logical CPUs are scheduling tokens: advertise at least 8 so that every role (rollout,
+            # scorer, judges, learner ranks) fits on a laptop; the OS shares the real cores.
+            num_cpus=cfg.num_cpus or max(os.cpu_count() or 1, 8),
+            object_store_memory=cfg.object_store_mb * 2**20 if cfg.object_store_mb else None,
+            _temp_dir=temp_dir,
+            include_dashboard=False,
+            runtime_env={"env_vars": env_vars},
+            logging_level=logging.WARNING,
+        )
+    else:
+        ray.init(address=cfg.address, logging_level=logging.WARNING)
+    log.info("ray ready in %.1fs: %s", time.perf_counter() - t0, ray.cluster_resources())
+
+
+def _passthrough_env() -> dict[str, str]:
+    """Settings (not secrets) that actors must see as the driver does."""
+    keys = ("HF_HOME", "HF_DATASETS_CACHE", "TORCH_EXTENSIONS_DIR", "RLAIF_RAY_CACHE", "DS_ACCELERATOR",
+            "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def placement_group(bundles: list[dict[str, float]], strategy: str, name: str, timeout_s: float = 120.0):
+    """Reserve `bundles` and wait; on timeout raise with what was asked and what the cluster has."""
+    import ray
+    from ray.util.placement_group import placement_group as _pg
+
+    pg = _pg(bundles, strategy=strategy, name=name)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        ray.util.remove_placement_group(pg)
+        raise RuntimeError(
+            f"placement group {name!r} ({strategy}, bundles={bundles}) not placed within {timeout_s:.0f}s; "
+            f"cluster has {ray.cluster_resources()} of which free {ray.available_resources()}")
+    return pg
+
+
+def bundle_strategy(pg, index: int):
+    """Scheduling strategy that pins an actor to bundle `index` of `pg`."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index,
+                                            placement_group_capture_child_tasks=True)

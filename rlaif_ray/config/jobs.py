@@ -1,0 +1,170 @@
+"""One config dataclass per job. Each composes role configs from `roles.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .roles import (
+    FeedbackPoolConfig,
+    JudgeConfig,
+    LearnerConfig,
+    LoraConfig,
+    ModelConfig,
+    RayConfig,
+    RolloutConfig,
+    SamplingConfig,
+    SyncConfig,
+)
+from .schema import ConfigError, field_
+
+
+@dataclass
+class LabelJob:
+    input: str = field_("", "unlabeled pairs (prompt, response_a, response_b), JSONL or Parquet")
+    output: str = field_("", "preference dataset to write (default: <run_dir>/preferences.jsonl)")
+    run_dir: str = field_("runs/label", "label store, metrics and effective config go here")
+    max_examples: int | None = field_(None, "label at most this many pairs", ge=1)
+    pool: FeedbackPoolConfig = field_(FeedbackPoolConfig(), "the AI-feedback labeling pool")
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("input: a pairs file is required (input=path.jsonl)")
+
+
+@dataclass
+class GeneratePairsJob:
+    prompts: str = field_("", "prompts file (JSONL/Parquet with a `prompt` field)")
+    output: str = field_("", "unlabeled pairs to write (default: <run_dir>/pairs.jsonl)")
+    run_dir: str = field_("runs/generate-pairs", "outputs and effective config")
+    policy: ModelConfig = field_(ModelConfig(), "policy that samples the responses")
+    policy_b: ModelConfig | None = field_(None, "optional second policy for response_b")
+    max_prompts: int | None = field_(None, "use at most this many prompts", ge=1)
+    rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
+    sampling: SamplingConfig = field_(SamplingConfig(n=2, temperature=1.0), "sampling (n >= 2 per prompt)")
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+
+@dataclass
+class TrainRMJob:
+    train: str = field_("", "preferences (AI-labeled) to train on")
+    human_eval: str | None = field_(None, "optional human-labeled preferences for held-out accuracy")
+    run_dir: str = field_("runs/train-rm", "checkpoints, metrics, effective config")
+    model: ModelConfig = field_(ModelConfig(), "backbone of the reward model")
+    learner: LearnerConfig = field_(LearnerConfig(lr=1e-4), "learner group")
+    epochs: int = field_(1, "passes over the training split", ge=1)
+    val_fraction: float = field_(0.1, "held-out fraction of `train`", ge=0, le=0.9)
+    margin: float = field_(0.0, "Bradley-Terry margin", ge=0)
+    soft_labels: bool = field_(True, "use P(a > b) as a soft target when present")
+    checkpoint_every: int = field_(0, "steps between checkpoints (0 = end of each epoch)", ge=0)
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+
+@dataclass
+class DPOStage:
+    name: str = field_("ai", "stage name (used in output paths and metrics)")
+    data: str = field_("", "preferences for this stage")
+    epochs: int = field_(1, "passes over the stage's data", ge=1)
+    lr: float = field_(5e-6, "learning rate of this stage", gt=0)
+    beta: float = field_(0.1, "DPO temperature", gt=0)
+    loss: str = field_("sigmoid", "DPO variant", choices=["sigmoid", "ipo", "conservative"])
+    label_smoothing: float = field_(0.0, "conservative-DPO epsilon", ge=0, le=0.5)
+    soft_labels: bool = field_(False, "use the judge's P(a > b) as the target (soft-label DPO)")
+    reference: str = field_("initial", "reference model: 'initial', 'previous' (last stage's policy) or a path")
+
+
+@dataclass
+class TrainDPOJob:
+    run_dir: str = field_("runs/train-dpo", "checkpoints, metrics, effective config")
+    model: ModelConfig = field_(ModelConfig(), "policy to train")
+    stages: list[DPOStage] = field_([DPOStage()], "stages run in order (AI prefs, then human prefs, ...)")
+    val_fraction: float = field_(0.1, "held-out fraction per stage", ge=0, le=0.9)
+    learner: LearnerConfig = field_(LearnerConfig(), "learner group")
+    checkpoint_every: int = field_(0, "steps between checkpoints (0 = end of each stage)", ge=0)
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+
+@dataclass
+class RewardConfig:
+    source: str = field_("rm", "where PPO rewards come from", choices=["rm", "judge", "function"])
+    rm_path: str | None = field_(None, "reward model checkpoint for source=rm")
+    function: str | None = field_(None, "module:function(prompt, response) -> float for source=function")
+    judge: JudgeConfig = field_(JudgeConfig(), "judge asked for a 1-10 score for source=judge")
+    batch_size: int = field_(16, "sequences per reward-model forward", ge=1)
+    max_length: int = field_(512, "truncation length of the reward model", ge=8)
+
+
+@dataclass
+class PPOConfig:
+    steps: int = field_(20, "PPO iterations (rollout -> reward -> update -> sync)", ge=1)
+    prompts_per_step: int = field_(16, "prompts sampled per iteration", ge=1)
+    ppo_epochs: int = field_(1, "passes over each rollout batch", ge=1)
+    minibatches: int = field_(1, "minibatches per pass", ge=1)
+    gamma: float = field_(1.0, "discount", ge=0, le=1)
+    lam: float = field_(0.95, "GAE lambda", ge=0, le=1)
+    clip_ratio: float = field_(0.2, "policy ratio clip", gt=0)
+    value_clip: float = field_(0.2, "value clip", gt=0)
+    vf_coef: float = field_(0.1, "value loss weight", ge=0)
+    entropy_coef: float = field_(0.0, "entropy bonus weight", ge=0)
+    kl_coef: float = field_(0.05, "initial KL penalty coefficient", ge=0)
+    target_kl: float | None = field_(6.0, "adaptive KL target (None: fixed kl_coef)", gt=0)
+    kl_horizon: int = field_(10000, "adaptive KL controller horizon", ge=1)
+    whiten_advantages: bool = field_(True, "normalise advantages per batch")
+    reward_scale: float = field_(1.0, "multiply rewards before the KL penalty", gt=0)
+    critic: str = field_("value_head", "critic: a value head on the policy or a separate model",
+                         choices=["value_head", "separate"])
+
+
+@dataclass
+class TrainPPOJob:
+    prompts: str = field_("", "prompts file")
+    run_dir: str = field_("runs/train-ppo", "checkpoints, metrics, effective config")
+    policy: ModelConfig = field_(ModelConfig(), "policy (and reference) model")
+    reward: RewardConfig = field_(RewardConfig(), "reward source")
+    ppo: PPOConfig = field_(PPOConfig(), "PPO hyper-parameters")
+    rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
+    sampling: SamplingConfig = field_(SamplingConfig(), "rollout sampling")
+    learner: LearnerConfig = field_(LearnerConfig(), "learner group")
+    sync: SyncConfig = field_(SyncConfig(), "learner -> rollout weight sync")
+    checkpoint_every: int = field_(0, "iterations between checkpoints (0 = only at the end)", ge=0)
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+
+@dataclass
+class EvalJob:
+    prompts: str = field_("", "held-out prompts (optional `reference` field for similarity)")
+    policies: dict[str, str] = field_({}, "name -> checkpoint path/id of every model to compare")
+    baseline: str | None = field_(None, "policy name the others are compared against (None: all pairs)")
+    run_dir: str = field_("runs/eval", "results.json, report, plots")
+    max_prompts: int | None = field_(None, "use at most this many prompts", ge=1)
+    pool: FeedbackPoolConfig = field_(FeedbackPoolConfig(), "judge for pairwise comparisons")
+    rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
+    sampling: SamplingConfig = field_(SamplingConfig(temperature=0.0), "generation for eval (greedy)")
+    bootstrap: int = field_(2000, "bootstrap resamples for CIs", ge=100)
+    seed: int = field_(0, "seed of position randomisation and bootstrap", ge=0)
+    embedding_model: str | None = field_("all-MiniLM-L6-v2", "sentence-embedding model for similarity "
+                                         "to references (None: skip)")
+    reward_model: str | None = field_(None, "optional RM checkpoint to score every answer")
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+
+@dataclass
+class DemoJob:
+    run_dir: str = field_("runs/demo", "every stage writes below this")
+    policy: ModelConfig = field_(ModelConfig(path="smollm2", dtype="bf16", lora=LoraConfig(enabled=True)),
+                                 "starting policy")
+    judge: JudgeConfig = field_(JudgeConfig(kind="local", model="smollm2"), "AI judge for labels and eval")
+    time_budget_min: float = field_(15.0, "stages shrink their sizes to fit this budget", gt=0)
+    prompts_per_stage: int = field_(64, "prompts used by generate-pairs", ge=4)
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+
+JOB_CONFIGS: dict[str, type] = {
+    "label": LabelJob,
+    "generate-pairs": GeneratePairsJob,
+    "train-rm": TrainRMJob,
+    "train-dpo": TrainDPOJob,
+    "train-ppo": TrainPPOJob,
+    "eval": EvalJob,
+    "demo": DemoJob,
+}

@@ -1,0 +1,146 @@
+"""Configs of the cluster and of each actor role. Jobs (see `jobs.py`) compose these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schema import ConfigError, field_
+
+
+@dataclass
+class RayConfig:
+    address: str = field_("local", "'local' starts a private Ray on this machine; 'auto' attaches to the "
+                          "cluster a `ray job submit` or `ray start` made; or ray://host:port")
+    num_cpus: int | None = field_(None, "logical CPUs a local Ray advertises (None: max(cores, 8))", ge=1)
+    object_store_mb: int | None = field_(512, "object store size of a local Ray in MiB (None: Ray's 30% of RAM)", ge=64)
+    temp_dir: str | None = field_(None, "temp dir of a local Ray (None: a fresh one under /tmp)")
+    placement_strategy: str = field_("PACK", "placement-group strategy for actor bundles",
+                                     choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = field_(False, "train LoRA adapters instead of all weights")
+    r: int = field_(16, "LoRA rank", ge=1)
+    alpha: int = field_(32, "LoRA alpha (scale = alpha / r)", ge=1)
+    dropout: float = field_(0.0, "LoRA dropout", ge=0.0, le=1.0)
+    target_modules: list[str] = field_(["q_proj", "k_proj", "v_proj", "o_proj"], "module names to adapt")
+
+
+@dataclass
+class ModelConfig:
+    path: str = field_("tiny", "HF id or local dir; 'smollm2' = the offline SmolLM2-135M-Instruct; "
+                       "'tiny' = a locally built tiny Llama (see tiny_params)")
+    tokenizer: str | None = field_(None, "tokenizer id/dir when it differs from `path`")
+    dtype: str = field_("fp32", "weights dtype", choices=["fp32", "bf16", "fp16"])
+    lora: LoraConfig = field_(LoraConfig(), "LoRA adapters (peft)")
+    tiny_params: int = field_(2_000_000, "size of the tiny model when path='tiny'", ge=100_000, le=200_000_000)
+    cache_dir: str | None = field_(None, "where built/converted models are cached (None: ~/.cache/rlaif-ray)")
+    seed: int = field_(0, "seed of the tiny model's random init", ge=0)
+
+
+@dataclass
+class RateLimitConfig:
+    requests_per_min: float = field_(4000.0, "request budget per minute (0 = unlimited)", ge=0)
+    input_tokens_per_min: float = field_(0.0, "input-token budget per minute (0 = unlimited)", ge=0)
+    output_tokens_per_min: float = field_(0.0, "output-token budget per minute (0 = unlimited)", ge=0)
+
+
+@dataclass
+class RetryConfig:
+    max_attempts: int = field_(6, "attempts per request before it is stored as failed", ge=1)
+    base_delay_s: float = field_(0.5, "first backoff delay; doubles each attempt, with jitter", ge=0)
+    max_delay_s: float = field_(30.0, "cap of one backoff delay", ge=0)
+    retry_after_cap_s: float = field_(60.0, "cap on a server's retry-after", ge=0)
+    timeout_s: float = field_(120.0, "per-request timeout", gt=0)
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = field_("function", "judge backend",
+                       choices=["anthropic", "anthropic-batch", "openai", "local", "function"])
+    model: str = field_("claude-sonnet-4-5", "model name sent to the API, or model path for kind=local")
+    base_url: str | None = field_(None, "API base URL (None: the SDK default / env var)")
+    function: str | None = field_(None, "module:function for kind=function")
+    rubric: str = field_("helpful_harmless", "rubric name from rlaif_ray/feedback/rubrics or a path to a text file")
+    cot: bool = field_(False, "ask for a rationale before the verdict")
+    both_orders: bool = field_(True, "judge (a,b) and (b,a) and average to cancel position bias")
+    samples: int = field_(1, "samples per order (soft labels from votes when no logprobs)", ge=1)
+    temperature: float = field_(0.0, "sampling temperature of the judge", ge=0)
+    max_tokens: int = field_(16, "max output tokens per verdict (raised automatically for CoT)", ge=1)
+    prompt_caching: bool = field_(True, "mark the rubric system prefix for Anthropic prompt caching")
+    price_per_mtok: dict[str, float] = field_(
+        {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
+        "USD per million tokens by kind (batches cost half)")
+    batch_poll_s: float = field_(10.0, "poll interval of the Message Batches API", gt=0)
+    batch_max_requests: int = field_(100_000, "max requests per Message Batch (API limit)", ge=1, le=100_000)
+
+
+@dataclass
+class FeedbackPoolConfig:
+    num_actors: int = field_(2, "labeling actors (K)", ge=1)
+    max_in_flight: int = field_(64, "concurrent requests per actor", ge=1)
+    shard_size: int = field_(256, "pairs per shard handed to an actor", ge=1)
+    judge: JudgeConfig = field_(JudgeConfig(), "the judge every actor runs")
+    rate_limit: RateLimitConfig = field_(RateLimitConfig(), "limits shared by the pool (split across actors)")
+    retry: RetryConfig = field_(RetryConfig(), "retry policy for API judges")
+
+
+@dataclass
+class SamplingConfig:
+    n: int = field_(1, "samples per prompt", ge=1)
+    temperature: float = field_(1.0, "sampling temperature (0 = greedy)", ge=0)
+    top_p: float = field_(1.0, "nucleus sampling mass", gt=0, le=1)
+    top_k: int = field_(-1, "top-k (-1 = off)", ge=-1)
+    max_new_tokens: int = field_(64, "tokens generated per sample", ge=1)
+    stop: list[str] = field_([], "stop strings")
+    seed: int | None = field_(0, "sampling seed (None: random)")
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = field_("vllm", "generation engine", choices=["vllm", "hf"])
+    num_workers: int = field_(1, "rollout workers (N)", ge=1)
+    tensor_parallel_size: int = field_(1, "GPUs per worker (vLLM tensor parallel)", ge=1)
+    gpus_per_worker: float = field_(0.0, "GPUs Ray reserves per worker (0 on CPU)", ge=0)
+    cpus_per_worker: float = field_(1.0, "CPUs Ray reserves per worker", ge=0)
+    max_model_len: int = field_(1024, "context length of the engine", ge=16)
+    long_prompt: str = field_("truncate", "prompts over the limit are left-truncated or rejected",
+                              choices=["truncate", "reject"])
+    kv_cache_gib: float = field_(1.0, "KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)", gt=0)
+    gpu_memory_utilization: float = field_(0.5, "fraction of GPU memory vLLM may take", gt=0, le=1)
+    enforce_eager: bool = field_(True, "skip graph compilation (CPU start-up 17-33 s instead of ~100 s)")
+
+
+@dataclass
+class SyncConfig:
+    verify: str = field_("every", "check engine logprobs against the learner after a sync: "
+                         "'every', 'never' or an integer N (every N syncs)")
+    tolerance: float = field_(1e-3, "max |logprob difference| on the probe sequence", gt=0)
+    timeout_s: float = field_(600.0, "timeout of every sync RPC/collective", gt=0)
+    bucket_mb: int = field_(256, "parameter bucket size for streamed (NCCL) sync", ge=1)
+
+    def validate(self) -> None:
+        if self.verify not in ("every", "never") and not (self.verify.isdigit() and int(self.verify) > 0):
+            raise ConfigError(f"verify: {self.verify!r} is not 'every', 'never' or a positive integer")
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = field_(2, "learner actors (M), one torch.distributed rank each", ge=1)
+    gpus_per_rank: float = field_(0.0, "GPUs per rank (0 on CPU; NCCL is used when > 0)", ge=0)
+    cpus_per_rank: float = field_(1.0, "CPUs Ray reserves per rank", ge=0)
+    zero_stage: int = field_(2, "DeepSpeed ZeRO stage", ge=0, le=3)
+    dtype: str = field_("fp32", "training precision (fp16 is refused on CPU)", choices=["fp32", "bf16", "fp16"])
+    lr: float = field_(1e-5, "learning rate", gt=0)
+    weight_decay: float = field_(0.0, "AdamW weight decay", ge=0)
+    micro_batch_size: int = field_(4, "sequences per rank per forward", ge=1)
+    grad_accum: int = field_(1, "micro-batches per optimizer step", ge=1)
+    max_grad_norm: float = field_(1.0, "gradient clipping norm (0 = off)", ge=0)
+    grad_checkpointing: bool = field_(False, "recompute activations to save memory")
+    optimizer: str = field_("torch_adamw", "torch AdamW (fast start); fused/cpu Adam are opt-in",
+                            choices=["torch_adamw", "fused_adam", "cpu_adam"])
+    offload_optimizer: bool = field_(False, "ZeRO optimizer-state offload to CPU (needs cpu_adam)")
+    max_length: int = field_(512, "max tokens of prompt+response in training", ge=8)
+    seed: int = field_(0, "seed of data order and dropout", ge=0)
+    timeout_s: float = field_(600.0, "timeout of every collective / actor call", gt=0)
