@@ -2,6 +2,7 @@
 
 Rows are numbered from 1: the JSONL line number, or the Parquet row index + 1, so every error can
 name `file:row:field`. Large files stream (JSONL line by line, Parquet batch by batch via pyarrow).
+`to_hf_dataset` hands records to TRL-shaped consumers as a `datasets.Dataset`.
 """
 
 from __future__ import annotations
@@ -9,37 +10,56 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .schemas import PARSERS, DataError, PairRecord, PreferenceRecord, PromptRecord
+from .schemas import PARSERS, DataError, PairRecord, PreferenceRecord, PromptRecord, Text
 
 
-def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (row number, row dict); invalid JSON or a non-object row raises DataError."""
+def iter_rows(path: str | Path, on_error: Callable[[DataError], None] | None = None
+              ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (row number, row dict). A line that is not a JSON object raises DataError, or, when
+    `on_error` is given, is handed to it and skipped (validation reports every bad line)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
+        yield from _iter_parquet(path)
         return
-    with path.open("r", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
+    with path.open("rb") as fh:  # bytes: a bad UTF-8 line is one bad row, not the end of the file
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as e:
+                err = DataError(str(path), n, "<json>", f"invalid UTF-8 at byte {e.start}")
             except json.JSONDecodeError as e:
-                raise DataError(str(path), n, "<json>", f"invalid JSON: {e.msg} at column {e.colno}") from None
-            if not isinstance(row, dict):
-                raise DataError(str(path), n, "<json>", f"expected a JSON object, got {type(row).__name__}")
+                err = DataError(str(path), n, "<json>", f"invalid JSON: {e.msg} at column {e.colno}")
+            else:
+                if isinstance(row, dict):
+                    yield n, row
+                    continue
+                err = DataError(str(path), n, "<json>", f"expected a JSON object, got {type(row).__name__}")
+            if on_error is None:
+                raise err
+            on_error(err)
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Batch by batch through pyarrow: memory holds one batch, whatever the file size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(str(path), 0, "<file>", f"not a readable Parquet file: {e}") from None
+    n = 0
+    for batch in reader.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            n += 1
             yield n, row
 
 
@@ -84,6 +104,12 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
+def split_side(record_id: str, val_fraction: float = 0.1, seed: int = 0) -> str:
+    """'train' or 'val' for one id: a hash of (seed, id), so the side never depends on other records."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{record_id}".encode()).digest()[:8], "big") / 2**64
+    return "val" if h < val_fraction else "train"
+
+
 def split_by_id(records: list, val_fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
     """Deterministic train/val split keyed on each record's content id: the same record always lands
     on the same side for a given seed, whatever the file order or the other records."""
@@ -91,6 +117,37 @@ def split_by_id(records: list, val_fraction: float = 0.1, seed: int = 0) -> tupl
         raise ValueError(f"val_fraction {val_fraction} must be in [0, 1)")
     train, val = [], []
     for rec in records:
-        h = int.from_bytes(hashlib.sha256(f"{seed}:{rec.id}".encode()).digest()[:8], "big") / 2**64
-        (val if h < val_fraction else train).append(rec)
+        (val if split_side(rec.id, val_fraction, seed) == "val" else train).append(rec)
     return train, val
+
+
+def _messages(value: Text, role: str) -> list[dict[str, str]]:
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def to_trl_rows(records: Iterable) -> list[dict[str, Any]]:
+    """Rows in TRL's formats: preferences as prompt/chosen/rejected (+ id, p_chosen), pairs as
+    prompt/response_a/response_b (+ id), prompts as prompt (+ id). If any record is conversational, all
+    become conversational (a column must hold one type): prompts as a user turn, answers as an
+    assistant turn."""
+    records = list(records)
+    fields = {PromptRecord: ("prompt",), PairRecord: ("prompt", "response_a", "response_b"),
+              PreferenceRecord: ("prompt", "chosen", "rejected")}
+    conversational = any(isinstance(getattr(r, f), list) for r in records for f in fields[type(r)])
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"id": r.id}
+        for f in fields[type(r)]:
+            value = getattr(r, f)
+            row[f] = _messages(value, "user" if f == "prompt" else "assistant") if conversational else value
+        if isinstance(r, PreferenceRecord):
+            row["p_chosen"] = r.p_chosen
+        rows.append(row)
+    return rows
+
+
+def to_hf_dataset(records: Iterable):
+    """A `datasets.Dataset` in TRL's standard or conversational format (see `to_trl_rows`)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(to_trl_rows(records))

@@ -7,7 +7,11 @@ Accepted shapes (users bring TRL data unchanged):
                where chosen/rejected hold the assistant turn(s)); optional "p_chosen" soft label in [0, 1].
 A message list is [{"role": "system"|"user"|"assistant", "content": str}, ...].
 
-Every parse error is a `DataError` naming file, row and field.
+A conversational preference may also omit "prompt" (TRL's implicit-prompt format): the messages
+that chosen and rejected share form the prompt.
+
+`check_row` collects every problem of a row (for `validate`); the `parse_*` functions raise the first.
+Every problem is a `DataError` naming file, row and field.
 """
 
 from __future__ import annotations
@@ -48,7 +52,10 @@ class PromptRecord:
     reference: str | None = None
 
     def __post_init__(self):
-        self.id = self.id or content_id(self.prompt)
+        self.id = self.id or self.content_key()
+
+    def content_key(self) -> str:
+        return content_id(self.prompt)
 
 
 @dataclass
@@ -60,8 +67,12 @@ class PairRecord:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        # Order-insensitive id: (a, b) and (b, a) are the same comparison.
-        self.id = self.id or content_id(self.prompt, sorted([text_of(self.response_a), text_of(self.response_b)]))
+        self.id = self.id or self.content_key()
+
+    def content_key(self) -> str:
+        # Order-insensitive: (a, b) and (b, a) are the same comparison, and a preference over the same
+        # two responses gets the same id as its pair (the key that joins labels to pairs).
+        return content_id(self.prompt, sorted([text_of(self.response_a), text_of(self.response_b)]))
 
 
 @dataclass
@@ -74,7 +85,10 @@ class PreferenceRecord:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.id = self.id or content_id(self.prompt, sorted([text_of(self.chosen), text_of(self.rejected)]))
+        self.id = self.id or self.content_key()
+
+    def content_key(self) -> str:
+        return content_id(self.prompt, sorted([text_of(self.chosen), text_of(self.rejected)]))
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -90,10 +104,14 @@ KIND_FIELDS = {
 
 
 def detect_kind(row: dict[str, Any]) -> str | None:
-    """Which schema a row belongs to, from its fields (preferences > pairs > prompts)."""
-    for kind in ("preferences", "pairs", "prompts"):
-        if all(k in row for k in KIND_FIELDS[kind]):
-            return kind
+    """Which schema a row belongs to, from its fields (preferences > pairs > prompts). The prompt is not
+    required to decide, so a row missing it is reported as 'prompt: missing field' of the right kind."""
+    if "chosen" in row and "rejected" in row:
+        return "preferences"
+    if "response_a" in row and "response_b" in row:
+        return "pairs"
+    if "prompt" in row:
+        return "prompts"
     return None
 
 
@@ -107,7 +125,7 @@ def _check_text(value: Any, file: str, row: int, name: str, allow_messages: bool
             raise DataError(file, row, name, "empty message list")
         for i, m in enumerate(value):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise DataError(file, row, f"{name}[{i}]", "expected {'role': str, 'content': str}")
+                raise DataError(file, row, f"{name}[{i}]", "wrong type: expected {'role': str, 'content': str}")
             if m["role"] not in ("system", "user", "assistant"):
                 raise DataError(file, row, f"{name}[{i}].role", f"unknown role {m['role']!r}")
         if not any(m["content"].strip() for m in value):
@@ -117,55 +135,124 @@ def _check_text(value: Any, file: str, row: int, name: str, allow_messages: bool
     raise DataError(file, row, name, f"wrong type: expected {expected}, got {type(value).__name__}")
 
 
-def _require(row: dict[str, Any], name: str, file: str, n: int) -> Any:
-    if name not in row or row[name] is None:
-        raise DataError(file, n, name, "missing field")
-    return row[name]
+class _RowReader:
+    """Reads the fields of one row, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, row: dict[str, Any], file: str, n: int):
+        self.row, self.file, self.n = row, file, n
+        self.errors: list[DataError] = []
+
+    def fail(self, name: str, problem: str) -> None:
+        self.errors.append(DataError(self.file, self.n, name, problem))
+
+    def text(self, name: str) -> Text | None:
+        value = self.row.get(name)
+        if value is None:
+            self.fail(name, "missing field")
+            return None
+        try:
+            return _check_text(value, self.file, self.n, name)
+        except DataError as e:
+            self.errors.append(e)
+            return None
+
+    def different(self, first: str, a: Text | None, second: str, b: Text | None) -> None:
+        if a is not None and b is not None and text_of(a) == text_of(b):
+            self.fail(second, f"identical to {first}")
+
+    def probability(self, name: str, default: float | None) -> float | None:
+        value = self.row.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(name, f"wrong type: expected a number, got {type(value).__name__}")
+            return None
+        if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
+            self.fail(name, f"{value} is outside [0, 1]")
+            return None
+        return float(value)
+
+    def optional_str(self, name: str) -> str | None:
+        value = self.row.get(name)
+        if value is not None and not isinstance(value, str):
+            self.fail(name, f"wrong type: expected a string, got {type(value).__name__}")
+            return None
+        return value
+
+    def id(self) -> str:
+        value = self.row.get("id")
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            self.fail("id", f"wrong type: expected a string, got {type(value).__name__}")
+            return ""
+        if isinstance(value, str) and not value.strip():
+            self.fail("id", "empty text")
+            return ""
+        return str(value)
+
+    def meta(self, known: tuple[str, ...]) -> dict[str, Any]:
+        return {k: v for k, v in self.row.items() if k not in known}
 
 
-def _optional_id(row: dict[str, Any], file: str, n: int) -> str:
-    value = row.get("id")
-    if value is None:
-        return ""
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise DataError(file, n, "id", f"wrong type: expected a string, got {type(value).__name__}")
-    return str(value)
+def _split_implicit_prompt(rd: _RowReader) -> None:
+    """TRL implicit prompt: chosen/rejected are whole conversations; their shared prefix is the prompt."""
+    chosen, rejected = rd.row.get("chosen"), rd.row.get("rejected")
+    if rd.row.get("prompt") is not None or not (isinstance(chosen, list) and isinstance(rejected, list)):
+        return
+    k = 0
+    while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+        k += 1
+    if k > 0:
+        rd.row = {**rd.row, "prompt": chosen[:k], "chosen": chosen[k:], "rejected": rejected[k:]}
 
 
-def parse_prompt(row: dict[str, Any], file: str, n: int) -> PromptRecord:
-    prompt = _check_text(_require(row, "prompt", file, n), file, n, "prompt")
-    ref = row.get("reference")
-    if ref is not None and not isinstance(ref, str):
-        raise DataError(file, n, "reference", f"wrong type: expected a string, got {type(ref).__name__}")
-    return PromptRecord(prompt=prompt, id=_optional_id(row, file, n), reference=ref)
+def _check_prompt(rd: _RowReader) -> PromptRecord | None:
+    prompt, ref, rid = rd.text("prompt"), rd.optional_str("reference"), rd.id()
+    return None if rd.errors else PromptRecord(prompt=prompt, id=rid, reference=ref)
 
 
-def parse_pair(row: dict[str, Any], file: str, n: int) -> PairRecord:
-    prompt = _check_text(_require(row, "prompt", file, n), file, n, "prompt")
-    a = _check_text(_require(row, "response_a", file, n), file, n, "response_a")
-    b = _check_text(_require(row, "response_b", file, n), file, n, "response_b")
-    if text_of(a) == text_of(b):
-        raise DataError(file, n, "response_b", "identical to response_a")
-    meta = {k: v for k, v in row.items() if k not in ("prompt", "response_a", "response_b", "id")}
-    return PairRecord(prompt=prompt, response_a=a, response_b=b, id=_optional_id(row, file, n), meta=meta)
+def _check_pair(rd: _RowReader) -> PairRecord | None:
+    prompt, a, b = rd.text("prompt"), rd.text("response_a"), rd.text("response_b")
+    rd.different("response_a", a, "response_b", b)
+    rd.probability("p_a", None)  # labeled pairs may carry the judge's P(a > b); kept in meta
+    rid = rd.id()
+    if rd.errors:
+        return None
+    return PairRecord(prompt=prompt, response_a=a, response_b=b, id=rid,
+                      meta=rd.meta(("prompt", "response_a", "response_b", "id")))
 
 
-def parse_preference(row: dict[str, Any], file: str, n: int) -> PreferenceRecord:
-    prompt = _check_text(_require(row, "prompt", file, n), file, n, "prompt")
-    chosen = _check_text(_require(row, "chosen", file, n), file, n, "chosen")
-    rejected = _check_text(_require(row, "rejected", file, n), file, n, "rejected")
-    if text_of(chosen) == text_of(rejected):
-        raise DataError(file, n, "rejected", "identical to chosen")
-    p = row.get("p_chosen", 1.0)
-    if p is None:
-        p = 1.0
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise DataError(file, n, "p_chosen", f"wrong type: expected a number, got {type(p).__name__}")
-    if not 0.0 <= float(p) <= 1.0:
-        raise DataError(file, n, "p_chosen", f"{p} is outside [0, 1]")
-    meta = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "id", "p_chosen")}
-    return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, id=_optional_id(row, file, n),
-                            p_chosen=float(p), meta=meta)
+def _check_preference(rd: _RowReader) -> PreferenceRecord | None:
+    _split_implicit_prompt(rd)
+    prompt, chosen, rejected = rd.text("prompt"), rd.text("chosen"), rd.text("rejected")
+    rd.different("chosen", chosen, "rejected", rejected)
+    p = rd.probability("p_chosen", 1.0)
+    rid = rd.id()
+    if rd.errors:
+        return None
+    return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, id=rid, p_chosen=p,
+                            meta=rd.meta(("prompt", "chosen", "rejected", "id", "p_chosen")))
 
 
+_CHECKS = {"prompts": _check_prompt, "pairs": _check_pair, "preferences": _check_preference}
+
+
+def check_row(kind: str, row: dict[str, Any], file: str, n: int) -> tuple[Any, list[DataError]]:
+    """(record, []) for a good row, (None, every problem) for a bad one."""
+    rd = _RowReader(row, file, n)
+    return _CHECKS[kind](rd), rd.errors
+
+
+def _parser(kind: str):
+    def parse(row: dict[str, Any], file: str, n: int):
+        record, errors = check_row(kind, row, file, n)
+        if errors:
+            raise errors[0]
+        return record
+    parse.__name__ = f"parse_{kind}"
+    return parse
+
+
+parse_prompt, parse_pair, parse_preference = _parser("prompts"), _parser("pairs"), _parser("preferences")
 PARSERS = {"prompts": parse_prompt, "pairs": parse_pair, "preferences": parse_preference}
