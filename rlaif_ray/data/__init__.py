@@ -1,17 +1,29 @@
 """Schemas, streaming IO, validation and splits for prompts, pairs and preferences. Never calls models."""
 
-from .io import iter_rows, read_pairs, read_preferences, read_prompts, read_records, split_by_id, write_rows
+from .io import (
+    iter_rows,
+    read_pairs,
+    read_preferences,
+    read_prompts,
+    read_records,
+    split_by_id,
+    split_side,
+    to_hf_dataset,
+    to_trl_rows,
+    write_rows,
+)
 from .schemas import (
     DataError,
     PairRecord,
     PreferenceRecord,
     PromptRecord,
     Text,
+    check_row,
     content_id,
     detect_kind,
     text_of,
 )
 
-__all__ = ["DataError", "PairRecord", "PreferenceRecord", "PromptRecord", "Text", "content_id", "detect_kind",
-           "iter_rows", "read_pairs", "read_preferences", "read_prompts", "read_records", "split_by_id",
-           "text_of", "write_rows"]
+__all__ = ["DataError", "PairRecord", "PreferenceRecord", "PromptRecord", "Text", "check_row", "content_id",
+           "detect_kind", "iter_rows", "read_pairs", "read_preferences", "read_prompts", "read_records",
+           "split_by_id", "split_side", "text_of", "to_hf_dataset", "to_trl_rows", "write_rows"]
