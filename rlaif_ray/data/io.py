@@ -95,7 +95,12 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
+        try:
+            table = pa.Table.from_pylist(list(rows))
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+            raise ValueError(f"{path}: these rows cannot share one Parquet schema (a column mixing plain "
+                             f"text and message lists?): {e}. Write JSONL, or make the rows uniform.") from None
+        pq.write_table(table, tmp)
     else:
         with tmp.open("w", encoding="utf-8") as fh:
             for row in rows:
