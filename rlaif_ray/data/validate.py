@@ -219,10 +219,11 @@ def _key(text_id: str) -> int:
 
 def _p_a(kind: str, rec: Any) -> float | None:
     """P(response_a won) of a labeled pair or of a preference that kept its A/B order, else None."""
-    p = rec.meta.get("p_a")
+    meta = getattr(rec, "meta", {})  # prompts carry none
+    p = meta.get("p_a")
     if isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0:
         return float(p)
-    a = rec.meta.get("response_a")
+    a = meta.get("response_a")
     if kind != "preferences" or not isinstance(a, (str, list)):
         return None
     if text_of(a) == text_of(rec.chosen):
