@@ -41,6 +41,7 @@ def smollm2_path(dtype: str = "bf16", cache_dir: str | Path | None = None) -> Pa
     src = gguf_file()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=root))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the renamed cache dir is shared
     try:
         gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         config = gguf_model.config
@@ -51,7 +52,7 @@ def smollm2_path(dtype: str = "bf16", cache_dir: str | Path | None = None) -> Pa
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(gguf_model.state_dict(), strict=True)
         plain.to(target)
-        plain.config.torch_dtype = target
+        plain.config.dtype = target  # transformers 5 name; `torch_dtype` only warns
         plain.save_pretrained(tmp, safe_serialization=True)
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         tok.save_pretrained(tmp)
