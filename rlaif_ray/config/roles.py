@@ -110,6 +110,10 @@ class RolloutConfig:
     kv_cache_gib: float = field_(1.0, "KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)", gt=0)
     gpu_memory_utilization: float = field_(0.5, "fraction of GPU memory vLLM may take", gt=0, le=1)
     enforce_eager: bool = field_(True, "skip graph compilation (CPU start-up 17-33 s instead of ~100 s)")
+    in_process: bool = field_(False, "run the vLLM engine core in the worker's process (CPU start-up 2-5 s, "
+                              "but torch keeps one thread there: tests, not throughput)")
+    cpu_threads_bind: str = field_("all", "vLLM CPU thread binding: 'all' = every core the process may use, "
+                                   "none reserved; 'auto' = vLLM's default; or a core list like '0-3'")
 
 
 @dataclass
