@@ -69,6 +69,18 @@ def test_overrides_apply_over_yaml_and_coerce(tmp_path):
     assert cfg.ppo.kl_coef == 0.05  # untouched defaults stay
 
 
+def test_override_text_for_string_fields_stays_text():
+    # YAML would read these as int / bool / float; a string field takes the text as typed.
+    cfg = load(TrainPPOJob, None, ["run_dir=2024", "policy.path=no", "policy.tokenizer=1.50", "sync.verify=3",
+                                   "reward.rm_path=null"])
+    assert (cfg.run_dir, cfg.policy.path, cfg.policy.tokenizer, cfg.sync.verify) == ("2024", "no", "1.50", "3")
+    assert cfg.reward.rm_path is None
+    with pytest.raises(ConfigError, match="learner.lr: NaN is not allowed"):
+        load(TrainPPOJob, None, ["learner.lr=.nan"])
+    with pytest.raises(ConfigError, match="sampling.stop: expected a list, got str '\\[unclosed'"):
+        load(TrainPPOJob, None, ["sampling.stop=[unclosed"])
+
+
 def test_optional_section_is_built_when_set():
     assert load(TrainPPOJob).reward.rm_path is None
     from rlaif_ray.config import GeneratePairsJob

@@ -46,9 +46,27 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
+class _Override(str):
+    """A CLI override's raw text plus its YAML reading (`parsed`). A string field takes the raw text,
+    so `run_dir=2024` or `model.path=no` stay strings instead of failing as int / bool."""
+
+    parsed: Any
+
+
+def _override(raw: str) -> _Override:
+    value = _Override(raw)
+    try:
+        value.parsed = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value.parsed = raw
+    return value
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where lossless (int -> float)."""
     optional, inner = _is_optional(tp)
+    if isinstance(value, _Override):
+        value = str(value) if inner is str and value.parsed is not None else value.parsed
     if value is None:
         if optional:
             return None
@@ -85,6 +103,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        if value != value:  # NaN passes every bound check
+            raise ConfigError(f"{path}: NaN is not allowed")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -157,7 +177,7 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _override(raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
