@@ -121,6 +121,7 @@ def test_human_agreement_in_the_report(tmp_path, capsys):
             ai.append({"prompt": f"q{i}", "chosen": ra, "rejected": rb, "p_chosen": 0.9 if a else 0.2})
         else:
             ai.append({"prompt": f"q{i}", "chosen": rb if a else ra, "rejected": ra if a else rb, "p_chosen": 0.3})
+    ai[3]["id"] = "ai-own-id-3"  # matched by content when the ids differ
     ai.append({"prompt": "only the AI saw this", "chosen": "x", "rejected": "y"})
     hp, ap = write_rows(tmp_path / "human.jsonl", human), write_rows(tmp_path / "ai.jsonl", ai)
     report_json = tmp_path / "r.json"

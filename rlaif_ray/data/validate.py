@@ -122,7 +122,7 @@ def _preferred_text(rec: PreferenceRecord) -> str | None:
 
 @dataclass
 class Agreement:
-    """AI labels against human labels on shared ids. Each item's class is 'the human's response_a
+    """AI labels against human labels on shared ids (or shared content). Each item's class is 'the human's response_a
     (or the first text in sorted order) is preferred', so kappa does not depend on chosen/rejected."""
 
     human_file: str
@@ -132,9 +132,11 @@ class Agreement:
     shared: int = 0
     ties: int = 0
     mismatched: int = 0  # same id, different responses: the files disagree on what was compared
+    by_content: dict[str, PreferenceRecord] | None = None
 
     def add(self, ai: PreferenceRecord) -> None:
-        h = self.human.get(ai.id)
+        # By id; else by content, so a file with its own ids still meets its human labels.
+        h = self.human.get(ai.id) or self._by_content().get(ai.content_key())
         if h is None:
             return
         self.shared += 1
@@ -150,6 +152,11 @@ class Agreement:
             return
         self.ai_labels.append(int(pa == first))
         self.human_labels.append(int(ph == first))
+
+    def _by_content(self) -> dict[str, PreferenceRecord]:
+        if self.by_content is None:
+            self.by_content = {h.content_key(): h for h in self.human.values()}
+        return self.by_content
 
     def to_dict(self) -> dict[str, Any]:
         n = len(self.ai_labels)
