@@ -114,6 +114,9 @@ class RolloutConfig:
                               "but torch keeps one thread there: tests, not throughput)")
     cpu_threads_bind: str = field_("all", "vLLM CPU thread binding: 'all' = every core the process may use, "
                                    "none reserved; 'auto' = vLLM's default; or a core list like '0-3'")
+    chat_template: bool = field_(True, "wrap a plain-string prompt as one user message when the tokenizer "
+                                 "has a chat template (False: use the string verbatim)")
+    timeout_s: float = field_(1800.0, "timeout of one generate call on a worker", gt=0)
 
 
 @dataclass

@@ -7,14 +7,15 @@
     engine.reload_weights(safetensors_dir)                         # new weights, prefix cache reset
     engine.close()
 
-Prompts are plain strings (used verbatim) or chat message lists (the tokenizer's chat template with a
-generation prompt). Both backends tokenize with the same HF tokenizer, so `prompt_token_ids` agree.
+Prompts are chat message lists (the tokenizer's chat template with a generation prompt) or plain strings
+(wrapped as one user message when `cfg.chat_template` and the tokenizer has a template, else verbatim). Both backends tokenize with the same HF tokenizer, so `prompt_token_ids` agree.
 A prompt longer than `max_model_len - max_new_tokens` is left-truncated (its Samples carry
 `prompt_truncated` = tokens cut) or, with `long_prompt='reject'`, gets an empty list. An empty prompt
 raises ValueError naming its index.
 
-Prompt i is sampled with seed `sampling.seed + seed_offset + i` (independent streams per prompt, the same
-result whichever worker runs it; a pool passes each chunk's global offset).
+Prompt i is sampled with seed `sampling.seed + (seed_offset + i) * n` (independent streams per prompt, the
+same result whichever worker runs it; a pool passes each chunk's global offset). Vary `sampling.seed`
+between calls (e.g. per PPO step) to get fresh samples for repeated prompts.
 
 `Sample.logprobs[i]` is log p(token_ids[i]) under the distribution actually sampled from: after
 temperature, top-k and top-p (vLLM `logprobs_mode="processed_logprobs"`; HF generate's processed
@@ -64,6 +65,8 @@ class _Tokenizing:
 
     def encode(self, prompt: Prompt) -> list[int]:
         tok = self.tokenizer
+        if isinstance(prompt, str) and self.cfg.chat_template and tok.chat_template:
+            prompt = [{"role": "user", "content": prompt}]
         if isinstance(prompt, str):
             return tok.encode(prompt, add_special_tokens=True)
         ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -144,7 +147,8 @@ class VLLMEngine(_Tokenizing):
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, seed_offset: int = 0) -> list[list[Sample]]:
         prepared = self.prepare(prompts, sampling.max_new_tokens)
         kept = [i for i, p in enumerate(prepared) if p is not None]
-        params = [self._params(sampling, None if sampling.seed is None else sampling.seed + seed_offset + i)
+        # vLLM seeds sample j of a request with seed + j: stride by n so no two samples share a stream
+        params = [self._params(sampling, None if sampling.seed is None else sampling.seed + (seed_offset + i) * sampling.n)
                   for i in kept]
         outputs = iter(self._run([prepared[i][0] for i in kept], params) if kept else [])
         results: list[list[Sample]] = []
