@@ -21,7 +21,7 @@ def write_lines(path, lines):
     return path
 
 
-def test_acceptance_one_row_of_each_bad_class(tmp_path, tiny_model_dir):
+def test_acceptance_one_row_of_each_bad_class(tmp_path, tiny_model_dir, capsys):
     long_prompt = " ".join(["the cat finds a red apple slowly"] * 20)
     prefs = write_lines(tmp_path / "prefs.jsonl", [
         '{"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Rome"}',  # 1 good
@@ -39,10 +39,10 @@ def test_acceptance_one_row_of_each_bad_class(tmp_path, tiny_model_dir):
         '{"prompt": "Hi", "response_a": "Hello", "response_b": "Hey"}',
         '{"prompt": "Hi", "response_a": "Same answer", "response_b": "Same answer"}',  # 2 response_a == response_b
     ])
-    proc = subprocess.run([str(RLAIF_RAY), "validate", str(prefs), str(pairs), "--tokenizer", str(tiny_model_dir),
-                           "--max-tokens", "64"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr
-    out = proc.stdout
+    # In-process through the CLI entry point (the console script's own code); the console script itself
+    # runs below, without a tokenizer, to keep this file's budget.
+    assert cli.main(["validate", str(prefs), str(pairs), "--tokenizer", str(tiny_model_dir), "--max-tokens", "64"]) == 1
+    out = capsys.readouterr().out
     for expected in [
         f"{prefs}:2:<json>: invalid JSON",
         f"{prefs}:3:rejected: missing field",
@@ -59,6 +59,15 @@ def test_acceptance_one_row_of_each_bad_class(tmp_path, tiny_model_dir):
     assert f"{prefs}  (preferences: 10 rows, 2 valid, 8 with errors)" in out
     assert "2 file(s), 12 rows, 9 error(s)" in out
     assert "length (tokens)" in out
+
+
+def test_console_script_exit_codes(tmp_path):
+    bad = write_lines(tmp_path / "bad.jsonl", ['{"prompt": "q", "chosen": "same", "rejected": "same"}'])
+    good = write_lines(tmp_path / "good.jsonl", ['{"prompt": "q", "chosen": "yes", "rejected": "no"}'])
+    proc = subprocess.run([str(RLAIF_RAY), "validate", str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and f"{bad}:1:rejected: identical to chosen" in proc.stdout, proc.stderr
+    proc = subprocess.run([str(RLAIF_RAY), "validate", str(good)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "1 file(s), 1 rows, 0 error(s)" in proc.stdout, proc.stderr
 
 
 def good_prefs(n=40):
@@ -176,15 +185,15 @@ def test_max_tokens_needs_a_tokenizer(tmp_path, capsys):
 
 def test_validation_streams(tmp_path):
     # 20 MB of rows: memory grows by the per-row lengths and id hashes, never by the rows' text.
-    text = "word " * 800
+    text = "word " * 4000
     path = tmp_path / "big.jsonl"
     with path.open("w") as fh:
-        for i in range(5000):
+        for i in range(1000):
             fh.write(json.dumps({"prompt": f"{i} {text}", "response_a": f"a {text}", "response_b": f"b {text}"}) + "\n")
     size = path.stat().st_size
     tracemalloc.start()
     rep = validate_file(path)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert (rep.rows, rep.valid, rep.error_count) == (5000, 5000, 0)
+    assert (rep.rows, rep.valid, rep.error_count) == (1000, 1000, 0)
     assert peak < size / 10, f"peak {peak} bytes for a {size}-byte file"
