@@ -230,8 +230,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        _, tp = _is_optional(hints[f.name])
-        if dataclasses.is_dataclass(tp):
+        optional, tp = _is_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp) and not (optional and f.default is None):
             rows.extend(describe(tp, key + "."))
         else:
             default = f.default if f.default is not dataclasses.MISSING else (

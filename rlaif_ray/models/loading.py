@@ -31,6 +31,11 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     return cfg.path
 
 
+def tokenizer_path(cfg: ModelConfig) -> str:
+    """The config's tokenizer when it names one, else the model's own."""
+    return cfg.tokenizer or resolve_model_path(cfg)
+
+
 def load_tokenizer(path: str, padding_side: str = "left"):
     """Tokenizer with a pad token (its eos if it has none); left padding suits batched generation."""
     from transformers import AutoTokenizer
@@ -42,14 +47,15 @@ def load_tokenizer(path: str, padding_side: str = "left"):
     return tok
 
 
-def apply_lora(model, cfg: ModelConfig):
-    """Wrap `model` with trainable LoRA adapters when the config asks for them."""
+def apply_lora(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with trainable LoRA adapters when the config asks for them. For a reward model
+    pass task_type="SEQ_CLS": peft then also trains the freshly initialised score head."""
     if not cfg.lora.enabled:
         return model
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none")
+                      target_modules=list(cfg.lora.target_modules), bias="none", task_type=task_type)
     return get_peft_model(model, lora)
 
 

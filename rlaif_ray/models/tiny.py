@@ -91,7 +91,7 @@ def build_tiny_model(out_dir: str | Path, params: int = 2_000_000, seed: int = 0
                          tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0,
                          bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         torch_dtype="float32", **shape)
+                         dtype="float32", **shape)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -118,6 +118,7 @@ def tiny_model_path(params: int = 2_000_000, seed: int = 0, cache_dir: str | Pat
         build_tiny_model(tmp, params=params, seed=seed)
         (tmp / "rlaif_ray_factory.json").write_text(json.dumps({"params": params, "seed": seed,
                                                                  "version": FACTORY_VERSION}))
+        tmp.chmod(0o755)  # mkdtemp makes it private; actors of other users/steps read the cache
         try:
             os.rename(tmp, final)
         except OSError:  # another process won the race; its copy is identical
