@@ -86,6 +86,9 @@ def test_token_rewards_put_score_on_last_real_token():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     r = ppo.token_rewards(torch.tensor([1.0, 2.0]), kl, mask, kl_coef=0.5)
     assert torch.allclose(r, torch.tensor([[-0.05, -0.1, 0.85], [-0.25, 1.75, 0.0]]))
+    # response after a 1-token prompt (sequence coordinates)
+    r = ppo.token_rewards(torch.tensor([1.0]), torch.zeros(1, 4), torch.tensor([[0.0, 1.0, 1.0, 0.0]]), 0.5)
+    assert r.tolist() == [[0.0, 0.0, 1.0, 0.0]]
 
 
 def test_whiten_and_mean_use_only_masked_entries():

@@ -46,9 +46,10 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """r_t = −β·KL_t on every response token, plus the sequence score on its last real token:
-    r_t = −β·KL_t + 1[t = last]·score."""
+    r_t = −β·KL_t + 1[t = last]·score. The mask may start after a prompt (sequence coordinates)."""
     rewards = -kl_coef * kl * mask
-    last = (mask.sum(1).long() - 1).clamp(min=0)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (positions * (mask > 0)).argmax(1)
     rows = torch.arange(len(scores), device=scores.device)
     rewards[rows, last] += scores * (mask.sum(1) > 0)
     return rewards

@@ -1,0 +1,101 @@
+"""PPO critics: a value head on the policy's own backbone, or a separate critic model.
+
+Both read the last hidden state h_t and return V_t = w·h_t + b for every position; position t values
+the state "prompt + tokens ≤ t", i.e. it is aligned with the logits that predict token t + 1.
+
+    model = PolicyWithValueHead(causal_lm)          # PPOConfig.critic = "value_head"
+    logits, values = model(input_ids, attention_mask)
+    critic = SeparateCritic.from_pretrained(path)   # PPOConfig.critic = "separate"
+    values = critic(input_ids, attention_mask)
+
+The value head is saved beside the HF weights as `value_head.safetensors`; the policy's own
+`state_dict` names stay HF names (`lm.` stripped by `policy_state_dict`) so weight sync and
+`save_pretrained` see a plain causal LM.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+class ValueHead(nn.Module):
+    """V = w·h + b, zero-initialised so the first returns are fitted from V = 0 instead of noise."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1).float()
+
+    def save(self, directory: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  os.path.join(directory, VALUE_HEAD_FILE))
+
+    def load(self, directory: str) -> bool:
+        """Load a saved head if `directory` has one; returns whether it did."""
+        path = os.path.join(directory, VALUE_HEAD_FILE)
+        if not os.path.exists(path):
+            return False
+        from safetensors.torch import load_file
+
+        self.load_state_dict(load_file(path))
+        return True
+
+
+def _hidden_size(model) -> int:
+    config = model.config
+    return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal LM plus a value head sharing its backbone: one forward gives logits and values."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = ValueHead(_hidden_size(lm))
+        self.config = lm.config
+
+    def forward(self, input_ids, attention_mask=None):
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.logits, self.value_head(out.hidden_states[-1])
+
+    def policy_state_dict(self) -> dict:
+        """The causal LM's own state (HF names) for sync and save_pretrained."""
+        return self.lm.state_dict()
+
+
+class SeparateCritic(nn.Module):
+    """A backbone of its own (`AutoModel`, no LM head) plus a value head: trained by its own learner."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = ValueHead(_hidden_size(backbone))
+        self.config = backbone.config
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32) -> SeparateCritic:
+        from transformers import AutoModel
+
+        critic = cls(AutoModel.from_pretrained(path, dtype=dtype))
+        critic.value_head.load(path)
+        return critic
+
+    def forward(self, input_ids, attention_mask=None):
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        return self.value_head(out.last_hidden_state)
+
+    def save_pretrained(self, directory: str) -> None:
+        self.backbone.save_pretrained(directory, safe_serialization=True)
+        self.value_head.save(directory)

@@ -1,0 +1,26 @@
+"""Verifiable toy rewards for PPO smoke runs: `reward.source=function reward.function=rlaif_ray.rewards_toy:NAME`.
+
+Each is `f(prompt, response) -> float` in [0, 1], cheap and exact, so a run's rising reward proves that
+the whole loop (rollout -> reward -> update -> sync) learns, with no reward model in the way.
+"""
+
+from __future__ import annotations
+
+
+def letter_fraction(prompt: str, response: str) -> float:
+    """Fraction of the response's characters that are ASCII letters. A random tiny model emits mostly
+    digits and byte soup (≈0.3 with std ≈0.14 per 16-token sample), so the signal is dense."""
+    if not response:
+        return 0.0
+    return sum(c.isascii() and c.isalpha() for c in response) / len(response)
+
+
+def target_word_fraction(prompt: str, response: str, word: str = "the") -> float:
+    """Fraction of the response's whitespace-separated words equal to `word` (case-insensitive)."""
+    words = response.lower().split()
+    return sum(w == word for w in words) / len(words) if words else 0.0
+
+
+def length_fraction(prompt: str, response: str, target_chars: int = 64) -> float:
+    """min(len(response), target) / target: be longer, up to a target."""
+    return min(len(response), target_chars) / target_chars
