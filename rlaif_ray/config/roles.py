@@ -61,7 +61,12 @@ class JudgeConfig:
                        choices=["anthropic", "anthropic-batch", "openai", "local", "function"])
     model: str = field_("claude-sonnet-4-5", "model name sent to the API, or model path for kind=local")
     base_url: str | None = field_(None, "API base URL (None: the SDK default / env var)")
-    function: str | None = field_(None, "module:function for kind=function")
+    function: str | None = field_(None, "module:function(prompt, a, b) -> P(a > b) for kind=function")
+    score_function: str | None = field_(None, "module:function(prompt, response) -> score in [1, 10] for "
+                                        "pointwise scoring with kind=function")
+    local_backend: str = field_("vllm", "engine of kind=local (transformers fallback: 'hf')", choices=["vllm", "hf"])
+    local_max_model_len: int = field_(2048, "context length of the kind=local engine", ge=64)
+    local_batch_size: int = field_(32, "judge prompts per kind=local engine call", ge=1)
     rubric: str = field_("helpful_harmless", "rubric name from rlaif_ray/feedback/rubrics or a path to a text file")
     cot: bool = field_(False, "ask for a rationale before the verdict")
     both_orders: bool = field_(True, "judge (a,b) and (b,a) and average to cancel position bias")
@@ -151,3 +156,11 @@ class LearnerConfig:
     max_length: int = field_(512, "max tokens of prompt+response in training", ge=8)
     seed: int = field_(0, "seed of data order and dropout", ge=0)
     timeout_s: float = field_(600.0, "timeout of every collective / actor call", gt=0)
+    shm_comm: bool = field_(True, "on CPU, DeepSpeed's shared-memory all-reduce (JIT-built once, 34-60 s, "
+                            "cached in TORCH_EXTENSIONS_DIR); False: plain gloo")
+
+    def validate(self) -> None:
+        if self.dtype == "fp16" and self.gpus_per_rank == 0:
+            raise ConfigError("dtype: fp16 training is refused by DeepSpeed on CPU; use bf16 or fp32")
+        if self.offload_optimizer and self.optimizer != "cpu_adam":
+            raise ConfigError("offload_optimizer: optimizer-state offload needs optimizer=cpu_adam")

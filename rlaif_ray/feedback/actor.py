@@ -1,0 +1,98 @@
+"""FeedbackActor: one Ray async actor of the pool. It runs a judge on its own event loop with up to
+`max_in_flight` calls at once (a slow call holds one slot, never the others), shares the pool's rate
+limit, and writes every verdict to its own fsync'd shard before reporting it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+from ..config import FeedbackPoolConfig
+from .judges import judge_id, make_judge
+from .ratelimit import RateLimiter
+from .store import GroupCommitWriter, ShardWriter, record_of
+from .types import Task, Usage
+
+
+class FeedbackActor:
+    """Wrapped with `ray.remote(max_restarts=..)` by FeedbackPool; also usable in-process in tests."""
+
+    def __init__(self, cfg: FeedbackPoolConfig, labels_dir: str | None, config_hash: str, index: int, share: float):
+        self.cfg, self.config_hash, self.index = cfg, config_hash, index
+        self.labels_dir, self.share = labels_dir, share
+        self.judge = None
+        self.writer: GroupCommitWriter | None = None
+        self.stopping = False
+
+    async def _ready(self) -> None:
+        if self.judge is None:  # built on the actor's loop: async SDK clients bind to it
+            self.limiter = RateLimiter(self.cfg.rate_limit, self.share)
+            self.sem = asyncio.Semaphore(self.cfg.max_in_flight)
+            self.judge = make_judge(self.cfg.judge, self.cfg.retry, self.limiter)
+            if self.labels_dir:
+                self.writer = GroupCommitWriter(ShardWriter(self.labels_dir, f"actor{self.index}"))
+
+    async def info(self) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"index": self.index, "node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),
+                "hostname": socket.gethostname(), "pid": os.getpid()}
+
+    async def drain(self) -> None:
+        """Start no new call; calls in flight finish and are stored (graceful stop of the driver)."""
+        self.stopping = True
+
+    async def label(self, tasks: list[Task]) -> dict[str, Any]:
+        """Judge and store every task; returns counts, tokens and dollars of this shard."""
+        await self._ready()
+        summary = {"ok": 0, "failed": 0, "skipped": 0, "usage": Usage(), "cost_usd": 0.0}
+        jid = judge_id(self.cfg.judge)
+
+        async def store(task, verdict):
+            await self.writer.put(record_of(task, verdict, self.config_hash, jid, self.writer.writer.name))
+            summary["ok" if verdict.ok else "failed"] += 1
+            summary["usage"].add(verdict.usage)
+            summary["cost_usd"] += verdict.cost_usd
+
+        async def one(task: Task):
+            async with self.sem:
+                if self.stopping:
+                    summary["skipped"] += 1
+                    return
+                await store(task, await self.judge.judge(task))
+
+        if hasattr(self.judge, "engine"):  # local engine: batch the shard through one engine call
+            if self.stopping:
+                summary["skipped"] += len(tasks)
+            else:
+                for task, verdict in zip(tasks, await self.judge.judge_many(tasks), strict=True):
+                    await store(task, verdict)
+        else:
+            await asyncio.gather(*(one(t) for t in tasks))
+        summary["usage"] = vars(summary["usage"])
+        return summary
+
+    async def judge_tasks(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        """Verdicts without the store (eval, online use)."""
+        await self._ready()
+        return [v.to_dict() for v in await self._bounded(self.judge.judge_many, tasks)]
+
+    async def score(self, items: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        """Pointwise scores (judge-as-reward): dicts with score (1-10 or None), normalized, error, cost."""
+        await self._ready()
+        results = await self._bounded(self.judge.score_many, items)
+        return [{"score": r.score, "normalized": r.normalized, "error": r.error, "raw": r.raw,
+                 "cost_usd": r.cost_usd, "usage": vars(r.usage)} for r in results]
+
+    async def _bounded(self, many, items: list) -> list:
+        """`many` over items in windows of max_in_flight (API judges) or at once (local engine)."""
+        if hasattr(self.judge, "engine"):
+            return await many(items)
+        out: list = []
+        step = self.cfg.max_in_flight
+        for i in range(0, len(items), step):
+            out += await many(items[i:i + step])
+        return out

@@ -1,0 +1,163 @@
+"""Anthropic Message Batches labeling (half price, for large jobs), run by the driver.
+
+Chunks pending tasks to the API's limits (100,000 requests or 256 MB), records each batch id and its
+custom_id -> task map in `<run_dir>/batches.json` the moment the API returns it (before any polling),
+polls, streams the unordered results, joins them on custom_id and stores each one. Errored, expired and
+canceled items are stored as failed and resubmitted in a later round; a restarted driver first resumes
+polling its recorded batches and never resubmits a task that sits in a batch still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import JudgeConfig, RetryConfig
+from ..data import content_id
+from .cost import cost_usd
+from .judge_api import AnthropicJudge
+from .judges import judge_id
+from .parsing import ParseError, parse_letter, rationale_of
+from .prompts import pair_system, pair_user
+from .retry import GaveUp, with_retry
+from .store import LabelStore, ShardWriter, record_of
+from .types import Task, Verdict
+
+log = logging.getLogger(__name__)
+MAX_BATCH_BYTES = 256 * 2**20
+
+
+def custom_id(task: Task) -> str:
+    return content_id(task.pair_id, task.order, task.sample)  # 16 hex: within ^[a-zA-Z0-9_-]{1,64}$
+
+
+class BatchLabeler:
+    """Drives the Message Batches API for a list of tasks; state survives a killed driver."""
+
+    def __init__(self, cfg: JudgeConfig, retry: RetryConfig, run_dir: str | Path, config_hash: str,
+                 store: LabelStore):
+        self.cfg, self.retry, self.config_hash, self.store = cfg, retry, config_hash, store
+        self.state_path = Path(run_dir) / "batches.json"
+        self.state: list[dict[str, Any]] = json.loads(self.state_path.read_text()) if self.state_path.exists() else []
+        self.judge = AnthropicJudge(cfg, retry, limiter=None)
+        self.writer = ShardWriter(store.dir, "batch")
+        self.jid = judge_id(cfg)
+        self.summary = {"ok": 0, "failed": 0, "batches_submitted": 0, "batches_resumed": 0, "cost_usd": 0.0,
+                        "usage": {"input": 0, "output": 0, "cache_write": 0, "cache_read": 0}}
+
+    def _save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        with tmp.open("w") as fh:
+            json.dump(self.state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_path)
+
+    async def _api(self, fn, *args, **kwargs):
+        result, _ = await with_retry(lambda: fn(*args, **kwargs), self.retry)
+        return result
+
+    def _chunks(self, tasks: list[Task]) -> list[list[tuple[str, Task, dict]]]:
+        system = pair_system(self.judge.rubric, self.cfg.cot)
+        chunks, cur, size = [], [], 0
+        for t in tasks:
+            req = {"custom_id": custom_id(t), "params": self.judge.params(system, pair_user(t.prompt, t.first, t.second))}
+            n = len(json.dumps(req))
+            if cur and (len(cur) >= self.cfg.batch_max_requests or size + n > MAX_BATCH_BYTES * 0.95):
+                chunks.append(cur)
+                cur, size = [], 0
+            cur.append((req["custom_id"], t, req))
+            size += n
+        return chunks + ([cur] if cur else [])
+
+    async def _submit(self, chunk: list[tuple[str, Task, dict]]) -> None:
+        batch = await self._api(self.judge.client.messages.batches.create, requests=[r for _, _, r in chunk])
+        # Persisted before the first poll: a killed driver resumes this batch instead of paying again.
+        self.state.append({"id": batch.id, "collected": False,
+                           "tasks": {cid: [t.pair_id, t.order, t.sample] for cid, t, _ in chunk}})
+        self._save_state()
+        self.summary["batches_submitted"] += 1
+        log.info("submitted batch %s with %d requests", batch.id, len(chunk))
+
+    async def _collect(self, entry: dict[str, Any], tasks_by_key: dict, on_progress: Callable[[], None] | None):
+        client = self.judge.client
+        while True:
+            batch = await self._api(client.messages.batches.retrieve, entry["id"])
+            if batch.processing_status == "ended":
+                break
+            await asyncio.sleep(self.cfg.batch_poll_s)
+        records, seen = [], set()
+        async for item in await self._api(client.messages.batches.results, entry["id"]):
+            key = entry["tasks"].get(item.custom_id)
+            if key is None or item.custom_id in seen:
+                continue
+            seen.add(item.custom_id)
+            task = tasks_by_key.get(tuple(key)) or Task(key[0], "", "", "", key[1], key[2])
+            records.append(record_of(task, self._verdict(item.result), self.config_hash, self.jid, self.writer.name))
+        for cid, key in entry["tasks"].items():  # an item missing from the results is failed, not lost
+            if cid not in seen:
+                task = Task(key[0], "", "", "", key[1], key[2])
+                records.append(record_of(task, Verdict(None, error="missing from batch results"),
+                                         self.config_hash, self.jid, self.writer.name))
+        self.writer.write(records)
+        for r in records:
+            self.summary["ok" if r["status"] == "ok" else "failed"] += 1
+            self.summary["cost_usd"] += r["cost_usd"]
+            for k, v in r["usage"].items():
+                self.summary["usage"][k] += v
+        entry["collected"] = True
+        self._save_state()
+        if on_progress is not None:
+            on_progress()
+
+    def _verdict(self, result) -> Verdict:
+        if result.type != "succeeded":
+            err = getattr(result, "error", None)
+            detail = getattr(getattr(err, "error", None), "message", "") if err is not None else ""
+            return Verdict(None, error=f"batch item {result.type}{': ' + detail if detail else ''}")
+        msg = result.message
+        usage = AnthropicJudge._usage(msg)
+        text = AnthropicJudge._text(msg)
+        v = Verdict(None, raw=text, rationale=rationale_of(text), usage=usage,
+                    cost_usd=cost_usd(usage, self.cfg.price_per_mtok, batch=True))
+        try:
+            v.p_first = 1.0 if parse_letter(text) == "A" else 0.0
+        except ParseError as e:
+            v.error = f"ParseError: {e}"
+        return v
+
+    async def run(self, tasks: list[Task], on_progress: Callable[[], None] | None = None) -> dict[str, Any]:
+        by_key = {(t.pair_id, t.order, t.sample): t for t in tasks}
+        try:
+            for entry in [e for e in self.state if not e["collected"]]:
+                self.summary["batches_resumed"] += 1
+                await self._collect(entry, by_key, on_progress)
+            for _ in range(self.retry.max_attempts):
+                self.store.refresh()
+                pending = [t for t in tasks if not self.store.done(t.pair_id, self.config_hash, t.order, t.sample)]
+                if not pending:
+                    break
+                for chunk in self._chunks(pending):
+                    await self._submit(chunk)
+                for entry in [e for e in self.state if not e["collected"]]:
+                    await self._collect(entry, by_key, on_progress)
+        except GaveUp as e:
+            raise RuntimeError(f"Message Batches API: {e}") from e
+        finally:
+            await self.judge.close()
+            self.writer.close()
+        return self.summary
+
+
+def run_batches(cfg: JudgeConfig, retry: RetryConfig, run_dir: str, config_hash: str, store: LabelStore,
+                tasks: list[Task], on_progress=None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    summary = asyncio.run(BatchLabeler(cfg, retry, run_dir, config_hash, store).run(tasks, on_progress))
+    summary["seconds"] = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,188 @@
+"""HTTP judges: Anthropic Messages (`anthropic.AsyncAnthropic`) and OpenAI-compatible chat completions
+(`openai.AsyncOpenAI`: a vLLM server, Ollama's /v1, llama.cpp). SDK retries are off; ours (retry.py)
+apply, and every attempt first takes a rate-limiter token. Keys come only from the environment."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+from ..config import JudgeConfig, RetryConfig
+from .cost import cost_usd
+from .judges import Judge
+from .parsing import ParseError, p_from_logprobs, parse_letter, parse_score, rationale_of, score_from_logprobs
+from .prompts import pair_system, pair_user, score_system, score_user
+from .ratelimit import RateLimiter
+from .retry import GaveUp, with_retry
+from .rubrics import load_rubric
+from .types import ScoreResult, Task, Usage, Verdict
+
+COT_MIN_TOKENS = 512
+
+
+def _estimate_tokens(*texts: str) -> int:
+    return sum(len(t) for t in texts) // 4 + 1
+
+
+class _APIJudge(Judge):
+    """Shared call path: limiter token, SDK call with raw headers, our retry, failure as a value."""
+
+    def __init__(self, cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None):
+        super().__init__(cfg)
+        self.retry, self.limiter = retry, limiter
+        self.rubric = load_rubric(cfg.rubric)
+        self.max_tokens = max(cfg.max_tokens, COT_MIN_TOKENS) if cfg.cot else cfg.max_tokens
+
+    async def _call(self, create, params: dict, est_input: int):
+        async def attempt():
+            if self.limiter is not None:
+                await self.limiter.acquire(est_input, self.max_tokens)
+            raw = await create(**params)
+            if self.limiter is not None:
+                self.limiter.observe(raw.headers)
+            parsed = raw.parse()  # the async SDKs return a coroutine; a malformed body raises here (retried)
+            return await parsed if inspect.isawaitable(parsed) else parsed
+
+        return await with_retry(attempt, self.retry, self.limiter)
+
+    async def judge(self, task: Task) -> Verdict:
+        system, user = pair_system(self.rubric, self.cfg.cot), pair_user(task.prompt, task.first, task.second)
+        try:
+            response, attempts = await self._request(system, user)
+        except GaveUp as e:
+            return Verdict(None, error=str(e), attempts=e.attempts)
+        usage, text = self._usage(response), self._text(response)
+        v = Verdict(None, raw=text, rationale=rationale_of(text), usage=usage,
+                    cost_usd=cost_usd(usage, self.cfg.price_per_mtok), attempts=attempts)
+        try:
+            v.p_first = self._p_first(response, text)
+        except ParseError as e:
+            v.error = f"ParseError: {e}"
+        return v
+
+    async def score(self, prompt: Any, response_text: Any) -> ScoreResult:
+        system, user = score_system(self.rubric, self.cfg.cot), score_user(prompt, response_text)
+        try:
+            response, _ = await self._request(system, user)
+        except GaveUp as e:
+            return ScoreResult(None, error=str(e))
+        usage, text = self._usage(response), self._text(response)
+        r = ScoreResult(None, raw=text, rationale=rationale_of(text), usage=usage,
+                        cost_usd=cost_usd(usage, self.cfg.price_per_mtok))
+        try:
+            r.score = self._score(response, text)
+        except ParseError as e:
+            r.error = f"ParseError: {e}"
+        return r
+
+
+class AnthropicJudge(_APIJudge):
+    """Claude: rubric in a cached system block, pair in the user turn; verdict parsed from text (no
+    logprobs), so soft labels come from both orders and repeated samples."""
+
+    def __init__(self, cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None):
+        super().__init__(cfg, retry, limiter)
+        import anthropic
+
+        key = os.environ.get("ANTHROPIC_API_KEY")
+        if not key:
+            raise RuntimeError("ANTHROPIC_API_KEY is not set: export it in the environment (never in a config)")
+        self.client = anthropic.AsyncAnthropic(api_key=key, base_url=cfg.base_url, max_retries=0,
+                                               timeout=retry.timeout_s)
+
+    def params(self, system: str, user: str) -> dict:
+        block: dict[str, Any] = {"type": "text", "text": system}
+        if self.cfg.prompt_caching:
+            block["cache_control"] = {"type": "ephemeral"}
+        body = {"model": self.cfg.model, "max_tokens": self.max_tokens, "system": [block],
+                "messages": [{"role": "user", "content": user}]}
+        if self.cfg.temperature > 0:  # newer Claude models reject sampling knobs: send only when asked for
+            body["temperature"] = self.cfg.temperature
+        return body
+
+    async def _request(self, system: str, user: str):
+        params = self.params(system, user)
+        if "temperature" in params:  # the 2.x SDK has no temperature argument; the HTTP API may accept it
+            params["extra_body"] = {"temperature": params.pop("temperature")}
+        return await self._call(self.client.messages.with_raw_response.create, params,
+                                _estimate_tokens(system, user))
+
+    @staticmethod
+    def _text(response) -> str:
+        return "".join(getattr(b, "text", "") for b in response.content)
+
+    @staticmethod
+    def _usage(response) -> Usage:
+        u = response.usage
+        return Usage(input=u.input_tokens or 0, output=u.output_tokens or 0,
+                     cache_write=getattr(u, "cache_creation_input_tokens", 0) or 0,
+                     cache_read=getattr(u, "cache_read_input_tokens", 0) or 0)
+
+    def _p_first(self, response, text: str) -> float:
+        return 1.0 if parse_letter(text) == "A" else 0.0
+
+    def _score(self, response, text: str) -> float:
+        return parse_score(text)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class OpenAIJudge(_APIJudge):
+    """OpenAI-compatible server: soft label from the verdict token's `top_logprobs` (the RLAIF paper's
+    method); falls back to the text verdict when the server returns no logprobs."""
+
+    def __init__(self, cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None):
+        super().__init__(cfg, retry, limiter)
+        import openai
+
+        # Local servers (vLLM, Ollama, llama.cpp) accept any key; the SDK insists on one being set.
+        key = os.environ.get("OPENAI_API_KEY") or "no-key"
+        self.client = openai.AsyncOpenAI(api_key=key, base_url=cfg.base_url, max_retries=0, timeout=retry.timeout_s)
+
+    async def _request(self, system: str, user: str):
+        params = {"model": self.cfg.model, "max_tokens": self.max_tokens, "temperature": self.cfg.temperature,
+                  "logprobs": True, "top_logprobs": 20,
+                  "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        return await self._call(self.client.chat.completions.with_raw_response.create, params,
+                                _estimate_tokens(system, user))
+
+    @staticmethod
+    def _text(response) -> str:
+        return response.choices[0].message.content or ""
+
+    @staticmethod
+    def _usage(response) -> Usage:
+        u = response.usage
+        if u is None:
+            return Usage()
+        details = getattr(u, "prompt_tokens_details", None)
+        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+        return Usage(input=(u.prompt_tokens or 0) - cached, output=u.completion_tokens or 0, cache_read=cached)
+
+    @staticmethod
+    def _top(response, accept) -> dict[str, float] | None:
+        """top_logprobs of the last generated token that `accept`s (the verdict or score position)."""
+        lp = response.choices[0].logprobs
+        if lp is None or not lp.content:
+            return None
+        for tok in reversed(lp.content):
+            if accept(tok.token.strip()):
+                return {t.token: t.logprob for t in tok.top_logprobs} or {tok.token: tok.logprob}
+        return None
+
+    def _p_first(self, response, text: str) -> float:
+        top = self._top(response, lambda t: t.upper() in ("A", "B"))
+        if top is None:
+            return 1.0 if parse_letter(text) == "A" else 0.0
+        return p_from_logprobs(top)
+
+    def _score(self, response, text: str) -> float:
+        top = self._top(response, lambda t: t.isdigit())
+        if top is None:
+            return parse_score(text)
+        return score_from_logprobs(top)
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,93 @@
+"""Local judge inside a pool actor: a vLLM engine (transformers fallback) reads the next-token
+probabilities of "A"/"B" after the judge prompt (no HTTP, no sampling): P(first) = p(A) / (p(A) + p(B)).
+Pointwise scores are the expected value over the digit tokens 1-9."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from ..config import JudgeConfig, ModelConfig, RolloutConfig
+from .judges import Judge
+from .prompts import pair_system, pair_user, score_system, score_user
+from .retry import describe
+from .rubrics import load_rubric
+from .types import ScoreResult, Task, Verdict
+
+DIGITS = [str(d) for d in range(1, 10)]
+
+
+class LocalJudge(Judge):
+    """Engine built lazily on first use (start-up takes seconds); calls batched per `local_batch_size`."""
+
+    def __init__(self, cfg: JudgeConfig):
+        super().__init__(cfg)
+        if cfg.cot:
+            raise ValueError("judge.cot: the local judge reads next-token probabilities; CoT is not supported")
+        self.rubric = load_rubric(cfg.rubric)
+        self.engine = None
+        self._lock = asyncio.Lock()
+
+    def model_path(self) -> str:
+        from ..models import resolve_model_path
+
+        return resolve_model_path(ModelConfig(path=self.cfg.model))
+
+    def _build(self):
+        from ..rollout.engine import build_engine
+
+        rollout = RolloutConfig(backend=self.cfg.local_backend, max_model_len=self.cfg.local_max_model_len,
+                                in_process=True, enforce_eager=True, kv_cache_gib=1.0)
+        return build_engine(self.model_path(), rollout, seed=0, dtype="fp32")
+
+    def pair_messages(self, task: Task) -> list[dict[str, str]]:
+        return [{"role": "system", "content": pair_system(self.rubric, False)},
+                {"role": "user", "content": pair_user(task.prompt, task.first, task.second)}]
+
+    def score_messages(self, prompt: Any, response: Any) -> list[dict[str, str]]:
+        return [{"role": "system", "content": score_system(self.rubric, False)},
+                {"role": "user", "content": score_user(prompt, response)}]
+
+    async def _logprobs(self, prompts: list, candidates: list[str]) -> list[dict[str, float]]:
+        async with self._lock:  # one engine, one call at a time
+            if self.engine is None:
+                self.engine = await asyncio.to_thread(self._build)
+            out: list[dict[str, float]] = []
+            step = self.cfg.local_batch_size
+            for i in range(0, len(prompts), step):
+                out += await asyncio.to_thread(self.engine.next_token_logprobs, prompts[i:i + step], candidates)
+            return out
+
+    async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
+        try:
+            lps = await self._logprobs([self.pair_messages(t) for t in tasks], ["A", "B"])
+        except Exception as e:  # noqa: BLE001 - an engine failure fails these labels, not the actor
+            return [Verdict(None, error=describe(e)) for _ in tasks]
+        verdicts = []
+        for lp in lps:
+            pa, pb = math.exp(lp["A"]), math.exp(lp["B"])
+            verdicts.append(Verdict(pa / (pa + pb), raw=f"logp(A)={lp['A']:.6f} logp(B)={lp['B']:.6f}"))
+        return verdicts
+
+    async def judge(self, task: Task) -> Verdict:
+        return (await self.judge_many([task]))[0]
+
+    async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
+        try:
+            lps = await self._logprobs([self.score_messages(p, r) for p, r in items], DIGITS)
+        except Exception as e:  # noqa: BLE001
+            return [ScoreResult(None, error=describe(e)) for _ in items]
+        results = []
+        for lp in lps:
+            w = {int(d): math.exp(v) for d, v in lp.items()}
+            results.append(ScoreResult(sum(d * p for d, p in w.items()) / sum(w.values()), raw=str(lp)))
+        return results
+
+    async def score(self, prompt: Any, response: Any) -> ScoreResult:
+        return (await self.score_many([(prompt, response)]))[0]
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None

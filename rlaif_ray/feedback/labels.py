@@ -1,0 +1,90 @@
+"""From pairs to judge tasks, and from stored verdicts to soft-labelled preferences.
+
+Position bias: each pair is judged as (a, b) and as (b, a); P(a > b) averages P(first) of the first order
+with 1 - P(first) of the swapped one, over every sample. Position consistency = share of pairs whose two
+orders pick the same response; first-position rate = share of verdicts that pick the first-shown one.
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+from typing import Any
+
+from ..config import JudgeConfig
+from ..data import PairRecord, PreferenceRecord, to_trl_rows
+from .store import LabelStore
+from .types import Task
+
+ORDERS_BOTH = ("ab", "ba")
+
+
+def orders(cfg: JudgeConfig) -> tuple[str, ...]:
+    return ORDERS_BOTH if cfg.both_orders else ("ab",)
+
+
+def tasks_for(pairs: list[PairRecord], cfg: JudgeConfig) -> list[Task]:
+    """Every judge call the pairs need, interleaved by pair so a partial run finishes whole pairs."""
+    out = []
+    for p in pairs:
+        for order in orders(cfg):
+            first, second = (p.response_a, p.response_b) if order == "ab" else (p.response_b, p.response_a)
+            for k in range(cfg.samples):
+                out.append(Task(p.id, p.prompt, first, second, order, k))
+    return out
+
+
+def p_a_of(order: str, p_first: float) -> float:
+    return p_first if order == "ab" else 1.0 - p_first
+
+
+def _usage_sum(records: list[dict[str, Any]]) -> dict[str, Any]:
+    u = {k: sum(r["usage"][k] for r in records) for k in ("input", "output", "cache_write", "cache_read")}
+    return {"input_tokens": u["input"], "output_tokens": u["output"], "cache_write_tokens": u["cache_write"],
+            "cache_read_tokens": u["cache_read"], "cost_usd": round(sum(r["cost_usd"] for r in records), 8)}
+
+
+def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, config_hash: str,
+                judge: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(preference rows in TRL format + per-pair fields, stats). A pair missing any ok verdict is left
+    out and counted as unlabeled; it is never written as a preference."""
+    prefs, extras, unlabeled, failed = [], [], [], []
+    consistent, first_picks = [], []
+    for p in pairs:
+        recs = {o: [store.get(p.id, config_hash, o, k) for k in range(cfg.samples)] for o in orders(cfg)}
+        flat = [r for rs in recs.values() for r in rs]
+        if any(r is None or r["status"] != "ok" for r in flat):
+            unlabeled.append(p.id)
+            failed += [{"pair_id": p.id, "order": r["order"], "sample": r["sample"], "error": r["error"]}
+                       for r in flat if r is not None and r["status"] != "ok"]
+            continue
+        p_a = mean(p_a_of(r["order"], r["p_first"]) for r in flat)
+        first_picks += [1.0 if r["p_first"] > 0.5 else 0.0 if r["p_first"] < 0.5 else 0.5 for r in flat]
+        by_order = {o: mean(p_a_of(o, r["p_first"]) for r in rs) for o, rs in recs.items()}
+        is_consistent = None
+        if len(by_order) == 2:
+            is_consistent = (by_order["ab"] > 0.5) == (by_order["ba"] > 0.5) and 0.5 not in by_order.values()
+            consistent.append(is_consistent)
+        a_wins = p_a >= 0.5
+        prefs.append(PreferenceRecord(p.prompt, p.response_a if a_wins else p.response_b,
+                                      p.response_b if a_wins else p.response_a, id=p.id,
+                                      p_chosen=p_a if a_wins else 1.0 - p_a))
+        extra: dict[str, Any] = {"p_a": p_a, "chosen_is": "a" if a_wins else "b", "judge": judge,
+                                 "judge_config_hash": config_hash, "position_consistent": is_consistent}
+        for o, rs in recs.items():
+            extra[f"p_a_{o}"] = by_order[o]
+            extra[f"verdict_{o}"] = [r["raw"] for r in rs]
+            if cfg.cot:
+                extra[f"rationale_{o}"] = [r["rationale"] for r in rs]
+        extra.update(_usage_sum(flat))
+        extras.append(extra)
+    rows = [{**row, **extra} for row, extra in zip(to_trl_rows(prefs), extras, strict=True)]
+    stats = {"pairs": len(pairs), "labeled": len(rows), "unlabeled": len(unlabeled), "failed_calls": failed[:50],
+             "failed_call_count": len(failed),
+             "position_consistency": mean(consistent) if consistent else None,
+             "first_position_rate": mean(first_picks) if first_picks else None}
+    return rows, stats
+
+
+def cost_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Token and dollar totals of stored records (a run's, or every run's for cumulative)."""
+    return _usage_sum(records)

@@ -1,0 +1,151 @@
+"""FeedbackPool: K FeedbackActors placed by a placement group (STRICT_SPREAD puts them on different nodes),
+fed shards by work stealing: each actor holds at most two shards, and whichever finishes first takes the
+next, so a slow actor never holds the job. A shard whose actor died goes back to the queue minus what the
+store already holds, and runs on a live (or restarted) actor.
+
+    pool = FeedbackPool(pool_cfg, ray_cfg, run_dir, config_hash)
+    summary = pool.label(tasks, on_progress)     # verdicts land in <run_dir>/labels/
+    p_a = pool.compare([(prompt, a, b), ...])    # both-order P(a > b) or None, no store
+    scores = pool.score([(prompt, response), ...])  # normalised [0, 1] or None (judge-as-reward)
+    pool.nodes(); pool.shutdown()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..cluster import bundle_strategy, placement_group
+from ..config import FeedbackPoolConfig, RayConfig
+from .actor import FeedbackActor
+from .labels import p_a_of
+from .store import LabelStore
+from .types import Task
+
+log = logging.getLogger(__name__)
+SHARDS_PER_ACTOR = 2
+MAX_ACTOR_FAILURES = 3
+
+
+class FeedbackPool:
+    """Driver-side handle of the pool's actors."""
+
+    def __init__(self, cfg: FeedbackPoolConfig, ray_cfg: RayConfig, run_dir: str | None, config_hash: str = "",
+                 cpus_per_actor: float = 1.0, max_restarts: int = 3):
+        import ray
+
+        self.cfg, self.run_dir, self.config_hash = cfg, run_dir, config_hash
+        self.store = LabelStore(run_dir) if run_dir else None
+        k = cfg.num_actors
+        self.pg = placement_group([{"CPU": cpus_per_actor}] * k, ray_cfg.placement_strategy, name=f"feedback-{id(self)}")
+        remote = ray.remote(max_restarts=max_restarts, max_concurrency=1000)(FeedbackActor)
+        labels_dir = str(self.store.dir) if self.store else None
+        self.actors = [remote.options(num_cpus=cpus_per_actor, scheduling_strategy=bundle_strategy(self.pg, i))
+                       .remote(cfg, labels_dir, config_hash, i, 1.0 / k) for i in range(k)]
+        self._nodes = ray.get([a.info.remote() for a in self.actors])
+        self.stop_requested = False
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._nodes
+
+    def drain(self) -> None:
+        """Stop dispatching; in-flight calls finish and are stored."""
+        self.stop_requested = True
+        for a in self.actors:
+            a.drain.remote()
+
+    def label(self, tasks: list[Task], on_progress: Callable[[], None] | None = None) -> dict[str, Any]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        queue = deque(tasks[i:i + self.cfg.shard_size] for i in range(0, len(tasks), self.cfg.shard_size))
+        running: dict[Any, tuple[int, list[Task]]] = {}
+        load = [0] * len(self.actors)
+        failures = [0] * len(self.actors)
+        totals = {"ok": 0, "failed": 0, "skipped": 0, "cost_usd": 0.0, "requeued_shards": 0,
+                  "usage": {"input": 0, "output": 0, "cache_write": 0, "cache_read": 0}}
+        while queue or running:
+            if not self.stop_requested:
+                for i, actor in enumerate(self.actors):
+                    while queue and load[i] < SHARDS_PER_ACTOR and failures[i] < MAX_ACTOR_FAILURES:
+                        shard = queue.popleft()
+                        running[actor.label.remote(shard)] = (i, shard)
+                        load[i] += 1
+            if not running:
+                if all(f >= MAX_ACTOR_FAILURES for f in failures):
+                    raise RuntimeError(f"every pool actor died {MAX_ACTOR_FAILURES} times; {len(queue)} shards left")
+                break  # stop requested
+            done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            if on_progress is not None:
+                on_progress()
+            for ref in done:
+                i, shard = running.pop(ref)
+                load[i] -= 1
+                try:
+                    s = ray.get(ref)
+                except RayActorError as e:
+                    failures[i] += 1
+                    left = self._not_stored(shard)
+                    log.warning("pool actor %d died (%s); re-queueing %d of %d tasks", i, type(e).__name__,
+                                len(left), len(shard))
+                    if left:
+                        queue.appendleft(left)
+                        totals["requeued_shards"] += 1
+                    continue
+                failures[i] = 0
+                for k in ("ok", "failed", "skipped", "cost_usd"):
+                    totals[k] += s[k]
+                for k, v in s["usage"].items():
+                    totals["usage"][k] += v
+        if on_progress is not None:
+            on_progress()
+        return totals
+
+    def _not_stored(self, shard: list[Task]) -> list[Task]:
+        if self.store is None:
+            return shard
+        self.store.refresh()
+        return [t for t in shard if not self.store.done(t.pair_id, self.config_hash, t.order, t.sample)]
+
+    def _spread(self, method: str, items: list) -> list:
+        import ray
+
+        k = len(self.actors)
+        chunk = max(1, -(-len(items) // k))
+        refs = [getattr(self.actors[j % k], method).remote(items[s:s + chunk])
+                for j, s in enumerate(range(0, len(items), chunk))]
+        return [x for part in ray.get(refs) for x in part]
+
+    def compare(self, items: list[tuple[Any, Any, Any]]) -> list[float | None]:
+        """Both-order P(a > b) per (prompt, a, b), or None when either order failed. Not stored."""
+        tasks = [Task(str(i), p, a, b, "ab") for i, (p, a, b) in enumerate(items)]
+        if self.cfg.judge.both_orders:
+            tasks += [Task(str(i), p, b, a, "ba") for i, (p, a, b) in enumerate(items)]
+        verdicts = self._spread("judge_tasks", tasks)
+        per: dict[str, list[float | None]] = {}
+        for t, v in zip(tasks, verdicts, strict=True):
+            per.setdefault(t.pair_id, []).append(None if v["p_first"] is None or v["error"] else
+                                                 p_a_of(t.order, v["p_first"]))
+        out = []
+        for i in range(len(items)):
+            ps = per[str(i)]
+            out.append(None if any(p is None for p in ps) else sum(ps) / len(ps))
+        return out
+
+    def score(self, items: list[tuple[Any, Any]]) -> list[float | None]:
+        """Pointwise judge scores normalised to [0, 1] ((s - 1) / 9), None for a failed call."""
+        return [r["normalized"] for r in self.score_details(items)]
+
+    def score_details(self, items: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        return self._spread("score", items)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        ray.util.remove_placement_group(self.pg)
+        time.sleep(0.1)

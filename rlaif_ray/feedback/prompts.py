@@ -1,0 +1,39 @@
+"""Judge prompt templates. The rubric plus the task instructions form a fixed system prefix (cacheable);
+the pair goes in the user suffix inside XML tags, which keeps response text from being read as
+instructions and lets the verdict parser ignore everything the responses say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..data import text_of
+
+PAIR_INSTRUCTIONS = (
+    "\n\nYou will see a conversation prompt and two candidate responses, <response_A> and <response_B>. "
+    "Decide which response is better according to the criteria above.")
+PAIR_ANSWER = "\nAnswer with a single letter, A or B, and nothing else."
+PAIR_ANSWER_COT = ("\nFirst explain your reasoning briefly inside <rationale></rationale> tags. Then, on the "
+                   "last line, write 'Verdict: A' or 'Verdict: B'.")
+
+SCORE_INSTRUCTIONS = ("\n\nYou will see a conversation prompt and one candidate <response>. Rate the response "
+                      "from 1 (worst) to 10 (best) according to the criteria above.")
+SCORE_ANSWER = "\nAnswer with a single integer from 1 to 10 and nothing else."
+SCORE_ANSWER_COT = ("\nFirst explain your reasoning briefly inside <rationale></rationale> tags. Then, on the "
+                    "last line, write 'Score: N' with N an integer from 1 to 10.")
+
+
+def pair_system(rubric: str, cot: bool) -> str:
+    return rubric + PAIR_INSTRUCTIONS + (PAIR_ANSWER_COT if cot else PAIR_ANSWER)
+
+
+def score_system(rubric: str, cot: bool) -> str:
+    return rubric + SCORE_INSTRUCTIONS + (SCORE_ANSWER_COT if cot else SCORE_ANSWER)
+
+
+def pair_user(prompt: Any, first: Any, second: Any) -> str:
+    return (f"<prompt>\n{text_of(prompt)}\n</prompt>\n\n<response_A>\n{text_of(first)}\n</response_A>\n\n"
+            f"<response_B>\n{text_of(second)}\n</response_B>\n\nWhich response is better?")
+
+
+def score_user(prompt: Any, response: Any) -> str:
+    return f"<prompt>\n{text_of(prompt)}\n</prompt>\n\n<response>\n{text_of(response)}\n</response>\n\nScore:"

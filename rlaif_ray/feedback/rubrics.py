@@ -1,0 +1,35 @@
+"""Judge rubrics (constitutions): the cached system prefix of every judge prompt.
+
+`JudgeConfig.rubric` names one of `RUBRICS` or a path to a text file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUBRICS = {
+    "helpful_harmless": (
+        "You are a careful, impartial judge of AI assistant responses. Prefer the response that is more "
+        "helpful (answers the question accurately, completely and concisely), more honest (no made-up facts, "
+        "states uncertainty) and more harmless (refuses dangerous requests politely, no toxic content). "
+        "Ignore the order in which responses are shown and their length unless length affects quality."),
+    "helpful": (
+        "You are an impartial judge. Prefer the response that answers the user's request more accurately, "
+        "completely and clearly. Ignore the order of the responses."),
+    "harmless": (
+        "You are an impartial safety judge. Prefer the response that is less harmful, less toxic and more "
+        "ethical while still being as helpful as is safe. Ignore the order of the responses."),
+    "summary": (
+        "You are an impartial judge of summaries. Prefer the summary that is more faithful to the source, "
+        "covers its key points and is coherent and concise. Ignore the order of the summaries."),
+}
+
+
+def load_rubric(name_or_path: str) -> str:
+    """The rubric text for a name in RUBRICS or a readable text file."""
+    if name_or_path in RUBRICS:
+        return RUBRICS[name_or_path]
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    raise ValueError(f"judge.rubric: {name_or_path!r} is neither a rubric name ({', '.join(RUBRICS)}) nor a file")

@@ -1,0 +1,136 @@
+"""Durable label store: append-only JSONL shards under `<run_dir>/labels/`, one per writer (actor
+incarnation or driver), each record fsync'd before it counts. The index maps
+(pair id, judge config hash, order, sample) to the record; it is rebuilt by reading the shards
+(incrementally: `refresh()` reads only new bytes), and a torn last line from a killed writer is skipped.
+
+A stored "ok" record is final; a "failed" one (error kept) is retried by the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .types import Task, Verdict
+
+Key = tuple[str, str, str, int]  # pair id, config hash, order, sample
+
+
+def record_of(task: Task, verdict: Verdict, config_hash: str, judge_id: str, writer: str) -> dict[str, Any]:
+    v = verdict.to_dict()
+    return {"pair_id": task.pair_id, "config_hash": config_hash, "order": task.order, "sample": task.sample,
+            "status": "ok" if verdict.ok else "failed", "judge": judge_id, "writer": writer, "t": time.time(), **v}
+
+
+def key_of(record: dict[str, Any]) -> Key:
+    return (record["pair_id"], record["config_hash"], record["order"], int(record["sample"]))
+
+
+class ShardWriter:
+    """One append-only shard file; `write(records)` returns after the bytes are fsync'd."""
+
+    def __init__(self, labels_dir: str | Path, name: str):
+        self.name = f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        Path(labels_dir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(labels_dir) / f"{self.name}.jsonl"
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        self._fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class GroupCommitWriter:
+    """Async front of a ShardWriter: concurrent `put`s share one write+fsync (group commit), and each
+    `put` returns only once its record is on disk."""
+
+    def __init__(self, writer: ShardWriter):
+        self.writer = writer
+        self._pending: list[dict[str, Any]] = []
+        self._next: asyncio.Future | None = None
+        self._lock = asyncio.Lock()
+
+    async def put(self, record: dict[str, Any]) -> None:
+        self._pending.append(record)
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            asyncio.ensure_future(self._flush())
+        await asyncio.shield(self._next)
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            batch, done = self._pending, self._next
+            self._pending, self._next = [], None
+            if done is None:
+                return
+            try:
+                await asyncio.to_thread(self.writer.write, batch)
+                done.set_result(None)
+            except Exception as e:  # noqa: BLE001 - every waiter sees the disk error
+                done.set_exception(e)
+
+
+class LabelStore:
+    """Reader/index of every shard of a run directory (driver side)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir) / "labels"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.index: dict[Key, dict[str, Any]] = {}
+        self._offsets: dict[Path, int] = {}
+        self.torn_lines = 0
+        self.totals: dict[str, dict[str, float]] = {}  # config hash -> ok / failed / cost_usd (progress)
+
+    def refresh(self) -> int:
+        """Read new complete lines of every shard; returns how many records were new."""
+        new = 0
+        for path in sorted(self.dir.glob("*.jsonl")):
+            start = self._offsets.get(path, 0)
+            with path.open("rb") as fh:
+                fh.seek(start)
+                data = fh.read()
+            end = data.rfind(b"\n") + 1  # a line without its newline is still being written (or torn)
+            for line in data[:end].splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    self.torn_lines += 1
+                    continue
+                new += self._add(rec)
+            self._offsets[path] = start + end
+        return new
+
+    def _add(self, rec: dict[str, Any]) -> int:
+        key = key_of(rec)
+        old = self.index.get(key)
+        if old is not None and old["status"] == "ok":
+            return 0  # an ok label is final
+        self.index[key] = rec
+        t = self.totals.setdefault(rec["config_hash"], {"ok": 0, "failed": 0, "cost_usd": 0.0})
+        if old is not None:
+            t["failed"] -= 1
+            t["cost_usd"] -= old["cost_usd"]
+        t["ok" if rec["status"] == "ok" else "failed"] += 1
+        t["cost_usd"] += rec["cost_usd"]
+        return 1
+
+    def done(self, pair_id: str, config_hash: str, order: str, sample: int) -> bool:
+        rec = self.index.get((pair_id, config_hash, order, sample))
+        return rec is not None and rec["status"] == "ok"
+
+    def get(self, pair_id: str, config_hash: str, order: str, sample: int) -> dict[str, Any] | None:
+        return self.index.get((pair_id, config_hash, order, sample))
+
+    def records(self, config_hash: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.index.values() if config_hash is None or r["config_hash"] == config_hash]

@@ -1,0 +1,73 @@
+"""Plain records passed between judges, the pool and the label store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Usage:
+    """Tokens of one judge call, by billing kind."""
+
+    input: int = 0
+    output: int = 0
+    cache_write: int = 0
+    cache_read: int = 0
+
+    def add(self, other: Usage) -> None:
+        for k in ("input", "output", "cache_write", "cache_read"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+@dataclass
+class Task:
+    """One judge call: a pair shown in one order ('ab': a first, 'ba': b first), sample k."""
+
+    pair_id: str
+    prompt: Any
+    first: Any
+    second: Any
+    order: str = "ab"
+    sample: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.pair_id, self.order, self.sample)
+
+
+@dataclass
+class Verdict:
+    """The judge's answer for one Task. `p_first` = P(first-shown response is better), None on failure."""
+
+    p_first: float | None
+    raw: str = ""
+    rationale: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.p_first is not None and self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScoreResult:
+    """Pointwise judge answer: `score` in [1, 10] (expected value when logprobs exist), None on failure."""
+
+    score: float | None
+    raw: str = ""
+    rationale: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    error: str | None = None
+
+    @property
+    def normalized(self) -> float | None:
+        """Score mapped to [0, 1] ((s - 1) / 9); None for a failed call."""
+        return None if self.score is None else (self.score - 1.0) / 9.0

@@ -1,0 +1,1 @@
+"""Test support: the loopback fake of the Anthropic and OpenAI HTTP APIs."""
