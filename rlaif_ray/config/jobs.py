@@ -113,6 +113,9 @@ class PPOConfig:
     reward_scale: float = field_(1.0, "multiply rewards before the KL penalty", gt=0)
     critic: str = field_("value_head", "critic: a value head on the policy or a separate model",
                          choices=["value_head", "separate"])
+    critic_path: str | None = field_(None, "backbone of a separate critic (None: the policy's weights)")
+    kl_estimator: str = field_("k1", "per-token KL estimator in the reward penalty", choices=["k1", "k3"])
+    reward_clip: float | None = field_(None, "clip scaled sequence scores to [-c, c] (None: no clip)", gt=0)
 
 
 @dataclass
@@ -128,6 +131,15 @@ class TrainPPOJob:
     sync: SyncConfig = field_(SyncConfig(), "learner -> rollout weight sync")
     checkpoint_every: int = field_(0, "iterations between checkpoints (0 = only at the end)", ge=0)
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts: a prompts file is required (prompts=path.jsonl)")
+        rows = self.ppo.prompts_per_step * self.sampling.n
+        if rows < self.ppo.minibatches * self.learner.num_ranks:
+            raise ConfigError(f"ppo.minibatches: {self.ppo.prompts_per_step} prompts x {self.sampling.n} samples "
+                              f"= {rows} rows cannot fill {self.ppo.minibatches} minibatches on "
+                              f"{self.learner.num_ranks} learner ranks")
 
 
 @dataclass
@@ -145,7 +157,20 @@ class EvalJob:
     embedding_model: str | None = field_("all-MiniLM-L6-v2", "sentence-embedding model for similarity "
                                          "to references (None: skip)")
     reward_model: str | None = field_(None, "optional RM checkpoint to score every answer")
+    kl_reference: str | None = field_(None, "policy name whose model is the KL reference: per-answer "
+                                      "sum of log pi(y|x) - log ref(y|x) (None: skip)")
+    dtype: str = field_("fp32", "weights dtype of the policies' engines", choices=["fp32", "bf16"])
+    examples: int = field_(3, "best and worst examples kept per compared pair", ge=0)
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts: a held-out prompts file is required (prompts=path.jsonl)")
+        if len(self.policies) < 2:
+            raise ConfigError("policies: name at least two policies to compare (policies.base=PATH ...)")
+        for key, name in (("baseline", self.baseline), ("kl_reference", self.kl_reference)):
+            if name is not None and name not in self.policies:
+                raise ConfigError(f"{key}: {name!r} is not one of the policies {sorted(self.policies)}")
 
 
 @dataclass
