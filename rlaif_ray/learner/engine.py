@@ -1,0 +1,84 @@
+"""One learner rank's torch.distributed group and DeepSpeed engine, built from a `LearnerConfig`.
+
+    init_process_group(rank, world, addr, port, cfg)   # gloo on CPU, NCCL with GPUs
+    engine = build_engine(module, cfg, world)          # deepspeed.initialize with ZeRO 0-3
+
+Only this module knows DeepSpeed's config format. Torch AdamW is the default optimizer: DeepSpeed's
+own FusedAdam / CPUAdam are JIT-compiled C++ (minutes on first use) and only worth it on big models.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from ..config import ConfigError, LearnerConfig
+
+
+def check_precision(cfg: LearnerConfig) -> None:
+    """Refuse fp16 on CPU before any actor starts (DeepSpeed would fail late, inside every rank)."""
+    if cfg.dtype == "fp16" and cfg.gpus_per_rank == 0:
+        raise ConfigError("learner.dtype: fp16 training is refused by DeepSpeed on CPU; use bf16 or fp32")
+
+
+def init_process_group(rank: int, world: int, addr: str, port: int, cfg: LearnerConfig) -> None:
+    """Join the group and make DeepSpeed's comm layer adopt it (no second rendezvous)."""
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0" if cfg.gpus_per_rank else str(rank),
+                      MASTER_ADDR=addr, MASTER_PORT=str(port))
+    if cfg.gpus_per_rank == 0:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        os.environ["LOCAL_RANK"] = "0"
+    backend = "nccl" if cfg.gpus_per_rank > 0 else "gloo"
+    timeout = datetime.timedelta(seconds=cfg.timeout_s)
+    dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
+                            timeout=timeout)
+    import deepspeed
+    import deepspeed.ops
+
+    if cfg.gpus_per_rank == 0 and not cfg.shm_comm:
+        # The shm all-reduce is a JIT-built C++ op; marking it incompatible makes DeepSpeed use gloo.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+
+
+def ds_config(cfg: LearnerConfig, world: int) -> dict:
+    """DeepSpeed config dict: batch shape, ZeRO stage, precision, clipping, optional DS optimizers."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        # Gather small params eagerly; keeps tiny models from paying a fetch per layer.
+        zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=5e7)
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    conf = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "fp16": {"enabled": cfg.dtype == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.optimizer != "torch_adamw":
+        conf["optimizer"] = {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                                                         "torch_adam": False}}
+    return conf
+
+
+def build_engine(module, cfg: LearnerConfig, world: int):
+    """`deepspeed.initialize` on `module` (fp32 master weights; DeepSpeed casts for bf16)."""
+    import deepspeed
+    import torch
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the learner model has no trainable parameters")
+    optimizer = None
+    if cfg.optimizer == "torch_adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    engine, *_ = deepspeed.initialize(model=module, model_parameters=params, optimizer=optimizer,
+                                      config=ds_config(cfg, world))
+    return engine

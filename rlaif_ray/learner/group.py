@@ -1,0 +1,362 @@
+"""LearnerGroup: M Ray actors forming one torch.distributed group, each rank a DeepSpeed engine.
+
+    group = LearnerGroup(learner_cfg, model_cfg, {"dpo": DPOObjective(...)}, name="policy")
+    out = group.forward("dpo", batch)                   # no-grad outputs, rows in input order
+    metrics = group.train_step("dpo", batch)            # one optimizer step on the whole batch
+    state = group.state_for_sync()                      # HF-named full weights (ZeRO-3 gathered, LoRA merged)
+    group.save(dir, extra); extra = group.load(dir)     # HF safetensors + DeepSpeed/optimizer + RNG
+    group.shutdown()
+
+A batch is a dict of tensors with rows on dim 0, plus optional lists (e.g. "ids"); the group splits
+it evenly across ranks. An objective is a small picklable object with `loss(model, batch) ->
+(loss, stats)` and `forward(model, batch) -> dict` (and optionally `wrap_model(module)`), see
+`objectives.py`. Every remote call has `LearnerConfig.timeout_s`; a dead or stuck rank raises
+`LearnerError` naming the actor instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+from ..config import LearnerConfig, ModelConfig
+from .engine import check_precision
+
+log = logging.getLogger(__name__)
+
+
+class LearnerError(RuntimeError):
+    """A learner rank died, timed out or failed; the message names the actor."""
+
+
+class NonFiniteLossError(LearnerError):
+    """A loss was NaN/inf: no optimizer step was taken. `ids` are the offending batch's row ids."""
+
+    def __init__(self, message: str, ids: list):
+        super().__init__(message)
+        self.ids = ids
+
+
+# ---------------------------------------------------------------- batch helpers (driver side)
+
+def batch_len(batch: dict) -> int:
+    return len(next(iter(batch.values())))
+
+
+def split_batch(batch: dict, parts: int, min_rows: int = 1) -> list[dict]:
+    """Split every tensor/list of `batch` into `parts` contiguous, near-equal shards."""
+    n = batch_len(batch)
+    if n < parts * min_rows:
+        raise ValueError(f"a batch of {n} rows cannot give {parts} shards of at least {min_rows} rows "
+                         f"(ranks x grad_accum); use a larger batch")
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [{k: v[bounds[i]:bounds[i + 1]] for k, v in batch.items()} for i in range(parts)]
+
+
+def concat_outputs(outputs: list[dict]) -> dict:
+    import torch
+
+    return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+
+
+# ---------------------------------------------------------------- the actor (one rank)
+
+class LearnerActor:
+    """One rank: a model (+ optional frozen reference) under DeepSpeed, running named objectives."""
+
+    def __init__(self, rank: int, world: int, cfg: LearnerConfig, model_cfg: ModelConfig, objectives: dict,
+                 model_kind: str | Callable, wrap: Callable | None, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in actors
+        self.rank, self.world, self.cfg, self.model_cfg = rank, world, cfg, model_cfg
+        self.objectives, self.model_kind, self.wrap = objectives, model_kind, wrap
+        self.engine = self.reference = None
+
+    def address(self) -> tuple[str, int]:
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, addr: str, port: int, model_path: str) -> int:
+        """Join the process group, load the model and wrap it in DeepSpeed; returns trainable params."""
+        import torch
+
+        from .engine import build_engine, init_process_group
+
+        init_process_group(self.rank, self.world, addr, port, self.cfg)
+        torch.manual_seed(self.cfg.seed)  # same init of any new head on every rank
+        module = self._load(model_path, trainable=True)
+        if self.cfg.grad_checkpointing:
+            target = getattr(module, "lm", module)
+            target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(target, "enable_input_require_grads"):
+                target.enable_input_require_grads()
+        if self.wrap is not None:
+            module = self.wrap(module)
+        self.engine = build_engine(module, self.cfg, self.world)
+        torch.manual_seed(self.cfg.seed + 1000 * self.rank)
+        return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+    def _load(self, path: str, trainable: bool):
+        import torch
+
+        from ..models import apply_lora, load_reward_model
+
+        dtype = torch.float32  # fp32 master weights; DeepSpeed casts the compute copy for bf16
+        if callable(self.model_kind):
+            module = self.model_kind(path, dtype)
+        elif self.model_kind == "reward":
+            module = load_reward_model(path, "fp32")
+        else:
+            from transformers import AutoModelForCausalLM
+
+            module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if hasattr(module, "config"):
+            module.config.use_cache = False
+        if not trainable:
+            module.eval().requires_grad_(False)
+            return module.to(torch.bfloat16) if self.cfg.dtype == "bf16" else module
+        task = "SEQ_CLS" if self.model_kind == "reward" else "CAUSAL_LM"
+        return apply_lora(module, self.model_cfg, task_type=task) if self.model_cfg.lora.enabled else module
+
+    def set_reference(self, path: str | None) -> None:
+        """Load (or drop, with None) a frozen reference model, replicated on every rank."""
+        self.reference = self._load(path, trainable=False) if path else None
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def forward(self, objective: str, batch: dict, model: str = "policy") -> dict:
+        import torch
+
+        obj = self.objectives[objective]
+        if model == "reference" and self.reference is None:
+            raise RuntimeError("forward(model='reference') before set_reference(path)")
+        net = self.reference if model == "reference" else self.engine.module
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            out = obj.forward(net, batch)
+        net.train(was_training)
+        return {k: v.detach().float().cpu() for k, v in out.items()}
+
+    def train_step(self, objective: str, batch: dict) -> dict:
+        """grad_accum micro-batches of this rank's shard, then one optimizer step (all ranks together)."""
+        import torch
+        import torch.distributed as dist
+
+        obj = self.objectives[objective]
+        n = batch_len(batch)
+        micro = split_batch(batch, self.cfg.grad_accum)
+        self.engine.train()
+        sums: dict[str, float] = {}
+        for mb in micro:
+            loss, stats = obj.loss(self.engine.module, mb)  # hooks live on the module
+            # Every rank must agree before backward: one rank skipping it would hang the others' reduces.
+            finite = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0])
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                self.engine.zero_grad()
+                raise FloatingPointError(f"rank {self.rank}: non-finite loss {loss.item()} in a batch; ids="
+                                         f"{list(batch.get('ids', []))}")
+            w = batch_len(mb) / n
+            # DeepSpeed divides by grad_accum: weighting by rows makes the gradient the shard mean.
+            self.engine.backward(loss * w * len(micro))
+            self.engine.step()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * w
+        sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        sums["lr"] = self.engine.optimizer.param_groups[0]["lr"]
+        return {"rows": n, **sums}
+
+    def state_for_sync(self, path: str | None = None):
+        """HF-named full weights on rank 0 (None elsewhere); every rank must call (ZeRO-3 gathers).
+        With `path` rank 0 writes one safetensors file there and returns the path."""
+        from .checkpoint import full_state
+
+        state = full_state(self.engine.module, self.cfg.zero_stage == 3, self.rank)
+        if self.rank != 0 or path is None:
+            return state
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, "model.safetensors"))
+        return path
+
+    def save(self, directory: str, tokenizer_path: str | None) -> None:
+        from .checkpoint import save_rank
+
+        save_rank(self.engine, directory, self.rank, self.cfg.zero_stage == 3, tokenizer_path)
+
+    def load(self, directory: str) -> None:
+        from .checkpoint import load_rank
+
+        load_rank(self.engine, directory, self.rank)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+# ---------------------------------------------------------------- the group (driver side)
+
+class LearnerGroup:
+    """Driver-side handle: starts the ranks, splits batches, gathers results with timeouts."""
+
+    def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, objectives: dict, *,
+                 model_kind: str | Callable = "causal_lm", wrap: Callable | None = None,
+                 model_path: str | None = None, name: str = "learner", strategy: str = "PACK"):
+        import ray
+
+        from ..cluster import bundle_strategy, placement_group
+        from ..models import resolve_model_path
+
+        check_precision(cfg)
+        self.cfg, self.name = cfg, name
+        self.model_path = model_path or resolve_model_path(model_cfg)
+        self.tokenizer_path = model_cfg.tokenizer or self.model_path
+        tag = uuid.uuid4().hex[:6]
+        bundle = {"CPU": cfg.cpus_per_rank, **({"GPU": cfg.gpus_per_rank} if cfg.gpus_per_rank else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy,
+                                  f"{name}-{tag}", timeout_s=cfg.timeout_s)
+        threads = max(1, int(cfg.cpus_per_rank))
+        cls = ray.remote(LearnerActor)
+        self.actor_names = [f"{name}-rank{i}-{tag}" for i in range(cfg.num_ranks)]
+        self.actors = [cls.options(name=n, num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank,
+                                   scheduling_strategy=bundle_strategy(self.pg, i), max_concurrency=1)
+                       .remote(i, cfg.num_ranks, cfg, model_cfg, objectives, model_kind, wrap, threads)
+                       for i, n in enumerate(self.actor_names)]
+        t0 = time.perf_counter()
+        addr, port = self._get([self.actors[0].address.remote()], "address")[0]
+        self.trainable_params = self._call("setup", [(addr, port, self.model_path)] * cfg.num_ranks)[0]
+        log.info("learner group %s: %d ranks, %d trainable params, ready in %.1fs", name, cfg.num_ranks,
+                 self.trainable_params, time.perf_counter() - t0)
+
+    # -- plumbing
+    def _get(self, refs: list, what: str) -> list:
+        """ray.get every ref with the group timeout; the first failure names its actor."""
+        import ray
+
+        deadline = time.monotonic() + self.cfg.timeout_s
+        index = {r: i for i, r in enumerate(refs)}
+        results: list = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = [self.actor_names[index[r]] for r in pending]
+                raise LearnerError(f"{what}: learner actor(s) {late} did not answer within {self.cfg.timeout_s:.0f}s")
+            i = index[ready[0]]
+            try:
+                results[i] = ray.get(ready[0])
+            except ray.exceptions.RayActorError as e:
+                raise LearnerError(f"{what}: learner actor {self.actor_names[i]} died: {e}") from e
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if hasattr(e, "cause") else e
+                if isinstance(cause, FloatingPointError):
+                    raise NonFiniteLossError(f"{what}: {cause}", _ids_of(str(cause))) from None
+                raise LearnerError(f"{what}: learner actor {self.actor_names[i]} failed: {e}") from e
+        return results
+
+    def _call(self, method: str, args_per_rank: list[tuple] | None = None, **kwargs) -> list:
+        args_per_rank = args_per_rank or [()] * len(self.actors)
+        refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_rank, strict=True)]
+        return self._get(refs, method)
+
+    # -- the API drivers call
+    def forward(self, objective: str, batch: dict, model: str = "policy") -> dict:
+        """No-grad outputs of `objective.forward` for every row, in input order. Every rank gets rows
+        (ZeRO-3 forwards gather collectively), small batches are padded by repeating row 0."""
+        n = batch_len(batch)
+        m = len(self.actors)
+        padded = batch
+        if n < m:
+            padded = {k: v[:1].repeat(m - n, *[1] * (v.dim() - 1)) if hasattr(v, "repeat") and hasattr(v, "dim")
+                      else list(v[:1]) * (m - n) for k, v in batch.items()}
+            padded = {k: _cat(batch[k], padded[k]) for k in batch}
+        shards = split_batch(padded, m)
+        out = concat_outputs(self._call("forward", [(objective, s, model) for s in shards]))
+        return {k: v[:n] for k, v in out.items()}
+
+    def train_step(self, objective: str, batch: dict) -> dict:
+        """One optimizer step on `batch` (split over ranks, then over grad_accum micro-batches).
+        Returns row-weighted means of the objective's stats, grad_norm, lr, tokens/s, step_time_s."""
+        t0 = time.perf_counter()
+        shards = split_batch(batch, len(self.actors), self.cfg.grad_accum)
+        per_rank = self._call("train_step", [(objective, s) for s in shards])
+        total = sum(r["rows"] for r in per_rank)
+        out = {k: sum(r[k] * r["rows"] for r in per_rank) / total for k in per_rank[0] if k != "rows"}
+        out["grad_norm"], out["lr"] = per_rank[0]["grad_norm"], per_rank[0]["lr"]
+        dt = time.perf_counter() - t0
+        tokens = sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
+        out.update(step_time_s=dt, tokens=tokens, tokens_per_s=tokens / dt if dt > 0 else math.nan)
+        if not all(math.isfinite(v) for k, v in out.items() if k not in ("grad_norm",)):
+            raise NonFiniteLossError(f"train_step {objective}: non-finite metrics {out}; ids={batch.get('ids')}",
+                                     list(batch.get("ids", [])))
+        return out
+
+    def set_reference(self, path: str | None) -> None:
+        """Load a frozen reference model from `path` on every rank ("initial": the starting weights)."""
+        self._call("set_reference", [(self.model_path if path == "initial" else path,)] * len(self.actors))
+
+    def set_lr(self, lr: float) -> None:
+        self._call("set_lr", [(lr,)] * len(self.actors))
+
+    def state_for_sync(self, path: str | None = None):
+        """Rank 0's HF-named full state dict (or, with `path`, the safetensors dir it wrote)."""
+        return self._call("state_for_sync", [(path,)] * len(self.actors))[0]
+
+    def save(self, directory: str, extra: dict | None = None) -> None:
+        """HF checkpoint (rank 0) + DeepSpeed engine/optimizer + per-rank RNG; `extra` (data cursor,
+        metrics, ...) is written last as `trainer_state.json`, so its presence marks a complete save."""
+        from .checkpoint import write_trainer_state
+
+        self._call("save", [(directory, self.tokenizer_path)] * len(self.actors))
+        write_trainer_state(directory, extra or {})
+
+    def load(self, directory: str) -> dict:
+        """Restore engine, optimizer and RNG from `save`; returns the saved `extra`."""
+        from .checkpoint import read_trainer_state
+
+        extra = read_trainer_state(directory)
+        self._call("load", [(directory,)] * len(self.actors))
+        return extra
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        ray.util.remove_placement_group(self.pg)
+        self.actors = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+def _cat(a, b):
+    import torch
+
+    return torch.cat([a, b]) if isinstance(a, torch.Tensor) else list(a) + list(b)
+
+
+def _ids_of(message: str) -> list:
+    import ast
+
+    _, _, tail = message.partition("ids=")
+    try:
+        return list(ast.literal_eval(tail.strip().splitlines()[0])) if tail else []
+    except (ValueError, SyntaxError):
+        return []
