@@ -92,6 +92,11 @@ class RewardConfig:
     judge: JudgeConfig = field_(JudgeConfig(), "judge asked for a 1-10 score for source=judge")
     batch_size: int = field_(16, "sequences per reward-model forward", ge=1)
     max_length: int = field_(512, "truncation length of the reward model", ge=8)
+    dtype: str = field_("fp32", "reward-model weights dtype", choices=["fp32", "bf16", "fp16"])
+    num_cpus: float = field_(1.0, "CPUs Ray reserves for the RewardScorer (also its torch threads)", ge=0)
+    num_gpus: float = field_(0.0, "GPUs Ray reserves for the RewardScorer", ge=0)
+    judge_actors: int = field_(1, "labeling-pool actors asked for scores for source=judge", ge=1)
+    timeout_s: float = field_(600.0, "timeout of one scoring call", gt=0)
 
 
 @dataclass
