@@ -27,8 +27,6 @@ from cluster_fixtures import (
     write_pairs,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-
 SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/tmp/rlaif-slurm"))
 JOB_TIMEOUT_S = 300
 N_PAIRS = 12
@@ -109,13 +107,16 @@ def jobs(slurm_env, tmp_path_factory):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_two_node_label_job_completes_on_both_nodes(slurm_env, jobs):
     job_id, out, workdir, ray_tmp = jobs["ok"]
     fields = _wait(slurm_env, job_id)
     log = out.read_text()
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
     assert fields["NodeList"] == "n[1-2]"
-    assert "2/2 Ray nodes alive: 127.0.0.11 127.0.0.12" in log  # both joined, at their Slurm NodeAddrs
+    # Both joined, at their Slurm NodeAddrs, with the CPUs of the allocation (--cpus-per-task=2).
+    assert "2/2 Ray nodes alive: 127.0.0.11 (2 CPU, 0 GPU), 127.0.0.12 (2 CPU, 0 GPU)" in log
     # Work ran on both Ray nodes: the two STRICT_SPREAD pool actors report the fake nodes' addresses.
     summary = _summary(workdir / "run")
     assert sorted(n["ip"] for n in summary["nodes"]) == ["127.0.0.11", "127.0.0.12"]
@@ -127,6 +128,8 @@ def test_two_node_label_job_completes_on_both_nodes(slurm_env, jobs):
     assert processes_mentioning(str(ray_tmp)) == []
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_failing_driver_fails_the_job_with_its_exit_code(slurm_env, jobs):
     job_id, out, _workdir, ray_tmp = jobs["bad"]
     fields = _wait(slurm_env, job_id)
@@ -141,3 +144,24 @@ def _summary(run_dir: Path) -> dict:
     import json
 
     return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("name, nodes", [("ppo_1node_8xa100", 1), ("ppo_4nodes_8xa100", 4)])
+def test_a100_configs_use_every_gpu_once_and_keep_engines_whole(name, nodes):
+    """The example configs load, and rollout engines + learner ranks fill exactly nodes x 8 GPUs."""
+    from rlaif_ray.config import load
+    from rlaif_ray.config.jobs import TrainPPOJob
+
+    cfg = load(TrainPPOJob, CLUSTER_CONFIGS / f"{name}.yaml", ["prompts=prompts.jsonl"])
+    r, lr = cfg.rollout, cfg.learner
+    assert r.gpus_per_worker == r.tensor_parallel_size <= 8  # an engine's TP group fits on one node
+    assert r.num_workers * r.tensor_parallel_size + lr.num_ranks * lr.gpus_per_rank == 8 * nodes
+    assert (cfg.ray.address, cfg.ray.placement_strategy) == ("auto", "PACK")
+
+
+def test_label_config_spreads_one_actor_per_node():
+    from rlaif_ray.config import load
+    from rlaif_ray.config.jobs import LabelJob
+
+    cfg = load(LabelJob, CLUSTER_CONFIGS / "label_two_nodes.yaml", ["input=pairs.jsonl"])
+    assert (cfg.pool.num_actors, cfg.ray.placement_strategy, cfg.ray.address) == (2, "STRICT_SPREAD", "auto")
