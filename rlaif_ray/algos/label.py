@@ -46,6 +46,8 @@ def run(cfg: LabelJob, args) -> int:
     from ..feedback import LabelStore, config_hash, consolidate, judge_id, tasks_for
     from ..feedback.labels import cost_of
 
+    for noisy in ("httpx", "httpx2"):  # one INFO line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     jcfg = cfg.pool.judge

@@ -35,7 +35,10 @@ class FeedbackActor:
                 self.writer = GroupCommitWriter(ShardWriter(self.labels_dir, f"actor{self.index}"))
 
     async def info(self) -> dict[str, Any]:
+        """Where this actor runs; also builds the judge so the first shard does not pay for it."""
         import ray
+
+        await self._ready()
 
         ctx = ray.get_runtime_context()
         return {"index": self.index, "node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),

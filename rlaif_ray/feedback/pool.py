@@ -1,6 +1,6 @@
 """FeedbackPool: K FeedbackActors placed by a placement group (STRICT_SPREAD puts them on different nodes),
 fed shards by work stealing: each actor holds at most two shards, and whichever finishes first takes the
-next, so a slow actor never holds the job. A shard whose actor died goes back to the queue minus what the
+next (shards shrink towards the end), so a slow actor never holds the job. A shard whose actor died goes back to the queue minus what the
 store already holds, and runs on a live (or restarted) actor.
 
     pool = FeedbackPool(pool_cfg, ray_cfg, run_dir, config_hash)
@@ -28,6 +28,7 @@ from .types import Task
 log = logging.getLogger(__name__)
 SHARDS_PER_ACTOR = 2
 MAX_ACTOR_FAILURES = 3
+MIN_SHARD = 8
 
 
 class FeedbackPool:
@@ -61,7 +62,7 @@ class FeedbackPool:
         import ray
         from ray.exceptions import RayActorError
 
-        queue = deque(tasks[i:i + self.cfg.shard_size] for i in range(0, len(tasks), self.cfg.shard_size))
+        queue = deque(tasks)
         running: dict[Any, tuple[int, list[Task]]] = {}
         load = [0] * len(self.actors)
         failures = [0] * len(self.actors)
@@ -71,7 +72,7 @@ class FeedbackPool:
             if not self.stop_requested:
                 for i, actor in enumerate(self.actors):
                     while queue and load[i] < SHARDS_PER_ACTOR and failures[i] < MAX_ACTOR_FAILURES:
-                        shard = queue.popleft()
+                        shard = [queue.popleft() for _ in range(min(len(queue), self._shard_len(len(queue))))]
                         running[actor.label.remote(shard)] = (i, shard)
                         load[i] += 1
             if not running:
@@ -92,7 +93,7 @@ class FeedbackPool:
                     log.warning("pool actor %d died (%s); re-queueing %d of %d tasks", i, type(e).__name__,
                                 len(left), len(shard))
                     if left:
-                        queue.appendleft(left)
+                        queue.extendleft(reversed(left))
                         totals["requeued_shards"] += 1
                     continue
                 failures[i] = 0
@@ -103,6 +104,12 @@ class FeedbackPool:
         if on_progress is not None:
             on_progress()
         return totals
+
+    def _shard_len(self, remaining: int) -> int:
+        """Guided self-scheduling: full shards while there is much left, then smaller ones so every actor
+        finishes at about the same time (each actor only has its share of the rate limit)."""
+        k = len(self.actors)
+        return max(MIN_SHARD, min(self.cfg.shard_size, remaining // (4 * k)))
 
     def _not_stored(self, shard: list[Task]) -> list[Task]:
         if self.store is None:

@@ -8,7 +8,8 @@ quality `q(text)` in [0, 1) (a hash), and the first-shown response wins with pro
 exactly `p_first`. Pointwise prompts (`<response>...</response>`) get `score(text) = 1 + round(9 q)`.
 
 It counts billable requests (well-formed successes) per request body, so a re-paid request shows up as
-`repaid`, and injects faults on the first `times` attempts of a `fraction` of request bodies:
+`repaid`, and injects faults on the first `times` attempts of a `fraction` of request bodies (or of the
+bodies whose hash falls in `range` [lo, hi), to give fault classes disjoint slices):
 429 (+retry-after), 529, 500, slow, timeout, malformed JSON, connection reset, errored/expired batch items.
 Batch results always come back shuffled.
 
@@ -90,6 +91,7 @@ class FakeAPI:
         self.billed: Counter = Counter()      # body hash -> times billed
         self.attempts: Counter = Counter()    # (endpoint, body hash) -> attempts seen
         self.batch_submitted: Counter = Counter()  # params hash -> times submitted inside a batch
+        self.batch_duplicates: Counter = Counter()  # params hash -> submitted while answered or still queued
         self.batches: dict[str, dict] = {}
         self.auth_schemes: Counter = Counter()
         self._cache: set[str] = set()  # system prefixes marked for prompt caching
@@ -100,7 +102,7 @@ class FakeAPI:
         return {"requests": dict(self.counts), "billable": sum(self.billed.values()),
                 "repaid": sum(c - 1 for c in self.billed.values() if c > 1),
                 "batch_requests": sum(self.batch_submitted.values()),
-                "batch_resubmitted_same": sum(c - 1 for c in self.batch_submitted.values() if c > 1),
+                "batch_duplicates": sum(self.batch_duplicates.values()),
                 "batches": len(self.batches), "auth": dict(self.auth_schemes), "max_in_flight": self.max_in_flight}
 
     # ---- helpers -----------------------------------------------------------------------------------
@@ -109,7 +111,9 @@ class FakeAPI:
         for rule in self.faults:
             if rule.get("endpoint", "any") not in ("any", endpoint):
                 continue
-            if _uniform(key, rule["kind"]) < rule.get("fraction", 1.0) and n <= rule.get("times", 1):
+            lo, hi = rule.get("range", (0.0, rule.get("fraction", 1.0)))
+            u = _uniform(key) if "range" in rule else _uniform(key, rule["kind"])
+            if lo <= u < hi and n <= rule.get("times", 1):
                 return rule
         return None
 
@@ -176,7 +180,8 @@ class FakeAPI:
             u = sample_u if sample_u is not None else self.rng.random()
             first = seen["p"] >= 0.5 if not params.get("temperature") else u < seen["p"]
             answer = "A" if first else "B"
-        text = (f"<rationale>The fake judge compared the responses.</rationale>\nVerdict: {answer}"
+        label = "Score" if seen["kind"] == "score" else "Verdict"
+        text = (f"<rationale>The fake judge compared the responses.</rationale>\n{label}: {answer}"
                 if seen["cot"] else answer)
         cached = isinstance(system, list) and any("cache_control" in b for b in system)
         sys_tokens = _tokens(system_text)
@@ -206,7 +211,8 @@ class FakeAPI:
         n_top = min(int(params.get("top_logprobs") or 0), 20)
         verdict_tok = {"token": top[0][0], "logprob": top[0][1], "bytes": list(top[0][0].encode()),
                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top[:n_top]]}
-        prefix = ["<rationale>", "fake", "</rationale>", "\n", "Verdict", ":", " "] if seen["cot"] else []
+        label = "Score" if seen["kind"] == "score" else "Verdict"
+        prefix = ["<rationale>", "fake", "</rationale>", "\n", label, ":", " "] if seen["cot"] else []
         content = [{"token": t, "logprob": 0.0, "bytes": list(t.encode()),
                     "top_logprobs": [{"token": t, "logprob": 0.0, "bytes": list(t.encode())}]} for t in prefix]
         content.append(verdict_tok)
@@ -324,8 +330,13 @@ class FakeAPI:
         ids = [r.get("custom_id") for r in reqs]
         if len(set(ids)) != len(ids) or not all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i) for i in ids):
             return self._error(400, "invalid_request_error", "custom_id must be unique and match ^[a-zA-Z0-9_-]{1,64}$")
+        running = {self._key(r["params"]) for b in self.batches.values() if b.get("results") is None
+                   for r in b["requests"]}
         for r in reqs:
-            self.batch_submitted[self._key(r["params"])] += 1
+            key = self._key(r["params"])
+            self.batch_submitted[key] += 1
+            if self.billed[key] or key in running:  # already answered, or still queued: a duplicate
+                self.batch_duplicates[key] += 1
         bid = f"msgbatch_{uuid.uuid4().hex[:24]}"
         self.batches[bid] = {"id": bid, "requests": reqs, "created": time.time(),
                              "ends_at": time.time() + self.batch_latency_s, "results": None}

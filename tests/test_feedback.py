@@ -1,0 +1,200 @@
+"""Judges against the loopback fake (real SDKs), parsing, both-order soft labels, every fault class,
+the durable store and costs. No Ray here: see test_label_pool.py for the actors."""
+
+import asyncio
+import json
+
+import pytest
+
+from rlaif_ray.config import JudgeConfig, RateLimitConfig, RetryConfig
+from rlaif_ray.data import PairRecord
+from rlaif_ray.feedback import LabelStore, Task, consolidate, make_judge, tasks_for
+from rlaif_ray.feedback.cost import cost_usd
+from rlaif_ray.feedback.parsing import ParseError, p_from_logprobs, parse_letter, parse_score
+from rlaif_ray.feedback.ratelimit import RateLimiter
+from rlaif_ray.feedback.store import ShardWriter, record_of
+from rlaif_ray.feedback.types import Usage, Verdict
+from rlaif_ray.testing.fake_api import FakeAPI, p_first, score_of
+
+KEY = "sk-ant-test-SECRET-4242"
+FN = "rlaif_ray.testing.judge_functions"
+FAST_RETRY = RetryConfig(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, retry_after_cap_s=0.2, timeout_s=5)
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    server = FakeAPI(api_key=KEY).start()
+    yield server
+    server.stop()
+
+
+def _judge(fake, kind, retry=FAST_RETRY, **kw):
+    url = fake.base_url + ("/v1" if kind == "openai" else "")
+    cfg = JudgeConfig(kind=kind, model="fake-judge", base_url=None if kind == "function" else url, **kw)
+    return make_judge(cfg, retry, RateLimiter(RateLimitConfig(requests_per_min=0)))
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def _many(judge, tasks):
+    """judge_many, then close the SDK client on the same event loop."""
+    async def go():
+        try:
+            return await judge.judge_many(tasks)
+        finally:
+            await judge.close()
+
+    return asyncio.run(go())
+
+
+PAIRS = [PairRecord(prompt=f"q{i}", response_a=f"answer a{i}", response_b=f"answer b{i}") for i in range(6)]
+
+
+def test_parse_letter_variants_and_failures():
+    assert parse_letter("A") == "A" and parse_letter(" b.") == "B" and parse_letter("Response A") == "A"
+    assert parse_letter("<rationale>B is wrong, A cites sources</rationale>\nVerdict: A") == "A"
+    assert parse_letter("Reasoning...\n**Verdict:** B") == "B"
+    assert parse_letter("A is better because it is concise.") == "A"
+    for bad in ("", "Both are fine", "<rationale>A</rationale>", "I cannot decide between A or B?"):
+        with pytest.raises(ParseError):
+            parse_letter(bad)
+    assert parse_score("Score: 7") == 7 and parse_score(" 9 ") == 9
+    with pytest.raises(ParseError):
+        parse_score("Score: 42")
+    assert p_from_logprobs({"A": -0.5, " B": -1.5, "Tie": -0.1}) == pytest.approx(1 / (1 + 2.718281828 ** -1))
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_api_judges_pairwise_pointwise_and_cot(fake, kind):
+    async def go():
+        out = []
+        for cot in (False, True):
+            j = _judge(fake, kind, cot=cot)
+            out.append((await j.judge(Task("p", "q", "first text", "second text")), await j.score("q", "resp")))
+            await j.close()
+        return out
+
+    p = p_first("first text", "second text")
+    for (v, s), cot in zip(_run(go()), (False, True), strict=True):
+        assert v.ok and s.score is not None, (v, s)
+        if kind == "openai":  # soft label = the fake's probability from top_logprobs
+            assert v.p_first == pytest.approx(p, abs=1e-9)
+            assert abs(s.score - score_of("resp")) <= 1
+        else:  # Claude: the argmax letter; the score parsed from text
+            assert v.p_first == (1.0 if p >= 0.5 else 0.0)
+            assert s.score == score_of("resp")
+        assert (v.rationale is not None) == cot
+        assert v.usage.output > 0 and v.cost_usd > 0 and 0 <= s.normalized <= 1
+    if kind == "anthropic":  # the rubric prefix was marked for caching: later calls read the cache
+        assert fake.stats()["billable"] == 4
+
+
+def test_function_judge(fake):
+    j = _judge(fake, "function", function=f"{FN}:prefer_longer", score_function=f"{FN}:length_score")
+    v = _run(j.judge(Task("p", "q", "long answer", "short")))
+    s = _run(j.score("q", "abc"))
+    assert v.p_first == 1.0 and s.score == 3.0
+    bad = _run(_judge(fake, "function", function=f"{FN}:broken").judge(Task("p", "q", "a", "b")))
+    assert not bad.ok and "ZeroDivisionError" in bad.error
+
+
+def _label_all(judge, store_dir, cfg, chash="h"):
+    writer = ShardWriter(store_dir / "labels", "t")
+    tasks = tasks_for(PAIRS, cfg)
+    verdicts = _many(judge, tasks)
+    writer.write([record_of(t, v, chash, judge.id, writer.name) for t, v in zip(tasks, verdicts, strict=True)])
+    store = LabelStore(store_dir)
+    store.refresh()
+    return consolidate(PAIRS, store, cfg, chash, judge.id)
+
+
+def test_both_order_soft_labels_equal_the_fake_probabilities(fake, tmp_path):
+    fake.position_bias = 1.0  # a judge that likes the first slot: averaging both orders cancels it
+    cfg = JudgeConfig(kind="openai", model="fake-judge", base_url=fake.base_url + "/v1")
+    rows, stats = _label_all(_judge(fake, "openai"), tmp_path, cfg)
+    assert len(rows) == len(PAIRS) and stats["unlabeled"] == 0
+    for pair, row in zip(PAIRS, rows, strict=True):
+        a, b = pair.response_a, pair.response_b
+        expected = (p_first(a, b, 1.0) + 1 - p_first(b, a, 1.0)) / 2
+        assert row["p_a"] == pytest.approx(expected, abs=1e-9)
+        assert row["p_chosen"] == pytest.approx(max(expected, 1 - expected), abs=1e-9)
+        assert row["chosen"] == (a if expected >= 0.5 else b)
+        assert set(row) >= {"prompt", "chosen", "rejected", "p_chosen", "verdict_ab", "verdict_ba", "judge",
+                            "judge_config_hash", "input_tokens", "output_tokens", "cost_usd"}
+    assert stats["first_position_rate"] > 0.5  # the bias shows up in the report
+
+
+FAULTS = [
+    {"kind": "429", "retry_after": 3600},  # capped by retry_after_cap_s
+    {"kind": "529"}, {"kind": "500"}, {"kind": "slow", "delay": 0.3},
+    {"kind": "timeout", "delay": 2.0}, {"kind": "malformed"}, {"kind": "reset"},
+]
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_every_fault_class_is_retried_and_paid_once(fake, kind):
+    n = len(FAULTS)
+    fake.faults = [{**f, "range": (i / n, (i + 1) / n)} for i, f in enumerate(FAULTS)]
+    retry = RetryConfig(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, retry_after_cap_s=0.1, timeout_s=1.0)
+    j = _judge(fake, kind, retry=retry)
+    tasks = [Task(f"p{i}", "q", f"resp {i}", f"other {i}") for i in range(40)]
+    verdicts = _many(j, tasks)
+    assert all(v.ok for v in verdicts), [v.error for v in verdicts if not v.ok]
+    stats = fake.stats()
+    seen = {k.removeprefix("fault-") for k in stats["requests"] if k.startswith("fault-")}
+    assert seen == {f["kind"] for f in FAULTS}, stats
+    assert stats["billable"] == 40 and stats["repaid"] == 0
+    assert max(v.attempts for v in verdicts) == 2
+
+
+def test_persistent_failure_is_stored_as_failed_and_retried_next_run(fake, tmp_path):
+    fake.faults = [{"kind": "500", "fraction": 0.5, "times": 99}]
+    cfg = JudgeConfig(kind="anthropic", model="fake-judge", base_url=fake.base_url)
+    judge = _judge(fake, "anthropic", retry=RetryConfig(max_attempts=2, base_delay_s=0.01, timeout_s=5))
+    rows, stats = _label_all(judge, tmp_path, cfg)
+    assert 0 < stats["unlabeled"] < len(PAIRS) and stats["failed_call_count"] > 0
+    assert all("InternalServerError" in f["error"] for f in stats["failed_calls"])
+    assert all(r["p_chosen"] >= 0.5 for r in rows)  # never a default preference for a failed pair
+    store = LabelStore(tmp_path)
+    store.refresh()
+    failed = [t for t in tasks_for(PAIRS, cfg) if not store.done(t.pair_id, "h", t.order, t.sample)]
+    fake.faults = []  # the outage is over: the next run retries only the failed calls
+    before = fake.stats()["billable"]
+    judge = _judge(fake, "anthropic")
+    writer = ShardWriter(tmp_path / "labels", "run2")
+    writer.write([record_of(t, v, "h", judge.id, writer.name)
+                  for t, v in zip(failed, _many(judge, failed), strict=True)])
+    store.refresh()
+    rows, stats = consolidate(PAIRS, store, cfg, "h", judge.id)
+    assert stats["unlabeled"] == 0 and fake.stats()["billable"] - before == len(failed)
+    assert fake.stats()["repaid"] == 0
+
+
+def test_store_skips_torn_lines_and_keeps_ok_final(tmp_path):
+    w = ShardWriter(tmp_path / "labels", "w")
+    t = Task("p1", "q", "a", "b")
+    w.write([record_of(t, Verdict(None, error="boom"), "h", "j", w.name),
+             record_of(t, Verdict(0.7), "h", "j", w.name), record_of(t, Verdict(0.1), "h", "j", w.name)])
+    with (tmp_path / "labels" / "torn.jsonl").open("w") as fh:
+        fh.write(json.dumps(record_of(Task("p2", "q", "a", "b"), Verdict(0.9), "h", "j", "x")) + "\n{\"pair_id\": \"p3\", ")
+    store = LabelStore(tmp_path)
+    store.refresh()
+    assert store.get("p1", "h", "ab", 0)["p_first"] == 0.7 and store.done("p2", "h", "ab", 0)
+    assert not store.done("p3", "h", "ab", 0) and store.totals["h"]["ok"] == 2 and store.totals["h"]["failed"] == 0
+
+
+def test_cost_and_rate_limit_headers():
+    u = Usage(input=1_000_000, output=1_000_000, cache_write=1_000_000, cache_read=1_000_000)
+    prices = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}
+    assert cost_usd(u, prices) == pytest.approx(22.05) and cost_usd(u, prices, batch=True) == pytest.approx(11.025)
+    limiter = RateLimiter(RateLimitConfig(requests_per_min=60))
+    import time
+
+    limiter.observe({"anthropic-ratelimit-requests-remaining": "0",
+                     "anthropic-ratelimit-requests-reset": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                        time.gmtime(time.time() + 30))})
+    assert limiter.blocked_until > time.monotonic() + 20  # exhausted budget: wait for its reset
