@@ -41,8 +41,16 @@ class GeneratePairsJob:
     policy_b: ModelConfig | None = field_(None, "optional second policy for response_b")
     max_prompts: int | None = field_(None, "use at most this many prompts", ge=1)
     rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
-    sampling: SamplingConfig = field_(SamplingConfig(n=2, temperature=1.0), "sampling (n >= 2 per prompt)")
+    sampling: SamplingConfig = field_(SamplingConfig(n=2, temperature=1.0), "sampling: n samples per prompt "
+                                      "(>= 2 with one policy; per policy with two)")
+    pairs_per_prompt: int = field_(1, "up to this many disjoint pairs of distinct responses per prompt", ge=1)
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts: a prompts file is required (prompts=path.jsonl)")
+        if self.policy_b is None and self.sampling.n < 2:
+            raise ConfigError(f"sampling.n: {self.sampling.n} is below 2, the minimum for pairs from one policy")
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""`rlaif-ray generate-pairs`: prompts -> n samples each from a policy (or one per policy from two) ->
+unlabeled pairs (prompt, response_a, response_b, id) for `rlaif-ray label`.
+
+One policy: up to `pairs_per_prompt` disjoint pairs of distinct responses among its n samples.
+Two policies: response_a from `policy`, response_b from `policy_b`, sample i against sample i.
+Identical (or empty) responses are skipped and counted; prompts over the context are truncated or
+rejected per `rollout.long_prompt`, counted too. The counts go to <run_dir>/generate_pairs_report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from ..config.jobs import GeneratePairsJob
+
+CONFIG = GeneratePairsJob
+log = logging.getLogger(__name__)
+
+
+def sample_policy(model_cfg, cfg: GeneratePairsJob, prompts: list) -> tuple[list, dict]:
+    """Start a RolloutPool on the policy, generate, shut it down; (samples per prompt, pool stats)."""
+    from ..models import resolve_model_path
+    from ..rollout import RolloutPool
+
+    path = resolve_model_path(model_cfg)
+    pool = RolloutPool(path, cfg.rollout, model_cfg.seed, model_cfg.dtype, cfg.ray.placement_strategy)
+    try:
+        return pool.generate(prompts, cfg.sampling), dict(pool.stats)
+    finally:
+        pool.shutdown()
+
+
+def make_pairs(candidates: list[tuple[str, str]], limit: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Disjoint index pairs of distinct non-empty texts from (text_a, text_b) candidate pairs;
+    returns (pairs, identical skipped, empty skipped)."""
+    pairs, identical, empty = [], 0, 0
+    for i, (a, b) in enumerate(candidates):
+        if len(pairs) >= limit:
+            break
+        if not a.strip() or not b.strip():
+            empty += 1
+        elif a.strip() == b.strip():
+            identical += 1
+        else:
+            pairs.append(i)
+    return pairs, identical, empty
+
+
+def build_rows(records, samples_a, samples_b, cfg: GeneratePairsJob) -> tuple[list[dict], dict]:
+    from ..data import PairRecord
+
+    rows, counts = [], {"identical_skipped": 0, "empty_skipped": 0}
+    name_a = cfg.policy.path
+    name_b = cfg.policy_b.path if cfg.policy_b else name_a
+    for rec, sa, sb in zip(records, samples_a, samples_b, strict=True):
+        if samples_b is samples_a:  # one policy: samples (0,1), (2,3), ...
+            cand = [(sa[k], sa[k + 1]) for k in range(0, len(sa) - 1, 2)]
+        else:
+            cand = list(zip(sa, sb, strict=False))
+        keep, identical, empty = make_pairs([(x.text, y.text) for x, y in cand], cfg.pairs_per_prompt)
+        counts["identical_skipped"] += identical
+        counts["empty_skipped"] += empty
+        for k in keep:
+            x, y = cand[k]
+            pair = PairRecord(rec.prompt, x.text, y.text)
+            rows.append({"id": pair.id, "prompt": rec.prompt, "response_a": x.text, "response_b": y.text,
+                         "prompt_id": rec.id, "model_a": name_a, "model_b": name_b,
+                         "finish_a": x.finish_reason, "finish_b": y.finish_reason})
+    return rows, counts
+
+
+def run(cfg: GeneratePairsJob, args: argparse.Namespace) -> int:
+    from ..cluster import init_ray
+    from ..data import read_prompts, write_rows
+
+    t0 = time.perf_counter()
+    records = read_prompts(cfg.prompts, cfg.max_prompts)  # empty prompts fail here as file:row:field
+    if not records:
+        raise ValueError(f"{cfg.prompts}: no prompts")
+    init_ray(cfg.ray)
+    prompts = [r.prompt for r in records]
+    samples_a, stats = sample_policy(cfg.policy, cfg, prompts)
+    samples_b = samples_a
+    if cfg.policy_b is not None:
+        samples_b, _ = sample_policy(cfg.policy_b, cfg, prompts)
+        rejected_b = {i for i, s in enumerate(samples_b) if not s}
+        stats["rejected"] = len({i for i, s in enumerate(samples_a) if not s} | rejected_b)
+    rows, counts = build_rows(records, samples_a, samples_b, cfg)
+    output = Path(cfg.output or Path(cfg.run_dir) / "pairs.jsonl")
+    write_rows(output, rows)
+    report = {"prompts": len(records), "pairs": len(rows), **counts,
+              "prompts_truncated": stats["truncated"], "prompts_rejected_too_long": stats["rejected"],
+              "output": str(output), "seconds": round(time.perf_counter() - t0, 1)}
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.run_dir) / "generate_pairs_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
