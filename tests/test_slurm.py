@@ -1,9 +1,10 @@
 """cluster/slurm/ray_on_slurm.sbatch on a real Slurm: Debian's munge/slurmctld/slurmd brought up by
-cluster/slurm/local_slurm.sh with fake nodes n1..n3 (NodeAddr 127.0.0.11..13) on this host.
+cluster/slurm/local_slurm.sh with fake nodes n1..n4 (NodeAddr 127.0.0.11..14) on this host.
 
 A 2-node allocation runs a real `rlaif-ray label` whose two pool actors are STRICT_SPREAD over the two
-Ray nodes; a 1-node job whose driver fails (config error, exit 2) runs through `ray job submit` at the
-same time and must end FAILED with ExitCode 2."""
+Ray nodes; at the same time a 1-node job whose driver fails (config error, exit 2) runs through
+`ray job submit` and must end FAILED with ExitCode 2, and a 1-node job is cancelled while its driver
+runs. Every job must leave no process behind."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def slurm_env():
         pytest.skip(reason)
     pidfile = SLURM_DIR / "slurmctld.pid"
     was_up = pidfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}").exists()
-    env = {**os.environ, "LOCAL_SLURM_DIR": str(SLURM_DIR), "LOCAL_SLURM_NODES": "3", "LOCAL_SLURM_CPUS": "2"}
+    env = {**os.environ, "LOCAL_SLURM_DIR": str(SLURM_DIR), "LOCAL_SLURM_NODES": "4", "LOCAL_SLURM_CPUS": "2"}
     subprocess.run([str(LOCAL_SLURM), "start"], env=env, check=True, timeout=300)
     env["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
     yield env
@@ -90,7 +91,7 @@ def jobs(slurm_env, tmp_path_factory):
     judge = write_judge(ok_dir)
     write_pairs(ok_dir / "pairs.jsonl", N_PAIRS)
     ok_tmp = short_tmpdir("rs")
-    ports = free_port_block(8)  # 4 per job: GCS, dashboard, Ray client, dashboard agent
+    ports = free_port_block(12)  # 4 per job: GCS, dashboard, Ray client, dashboard agent
     ok = _sbatch(slurm_env, ok_dir, ["-N", "2", "--cpus-per-task=2"],
                  ["rlaif-ray", "label", "--config", str(CLUSTER_CONFIGS / "label_two_nodes.yaml"),
                   f"input={ok_dir / 'pairs.jsonl'}", f"run_dir={ok_dir / 'run'}", f"pool.judge.function={judge}"],
@@ -102,8 +103,13 @@ def jobs(slurm_env, tmp_path_factory):
                   ["rlaif-ray", "label", f"input={ok_dir / 'pairs.jsonl'}", "pool.num_actors=0"],
                   RAY_TMPDIR_BASE=str(bad_tmp), RAY_PORT=str(ports + 4), RLAIF_LAUNCH="submit",
                   RLAIF_WORKING_DIR=str(bad_dir))
-    yield {"ok": (*ok, ok_dir, ok_tmp), "bad": (*bad, bad_dir, bad_tmp)}
-    for tmp in (ok_tmp, bad_tmp):
+
+    cancel_dir = tmp_path_factory.mktemp("cancel")
+    cancel_tmp = short_tmpdir("rs")
+    cancel = _sbatch(slurm_env, cancel_dir, ["-N", "1", "--cpus-per-task=2"], ["sleep", "600"],
+                     RAY_TMPDIR_BASE=str(cancel_tmp), RAY_PORT=str(ports + 8))
+    yield {"ok": (*ok, ok_dir, ok_tmp), "bad": (*bad, bad_dir, bad_tmp), "cancel": (*cancel, cancel_dir, cancel_tmp)}
+    for tmp in (ok_tmp, bad_tmp, cancel_tmp):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -125,7 +131,7 @@ def test_two_node_label_job_completes_on_both_nodes(slurm_env, jobs):
     for row in prefs:  # the judge prefers the longer answer, in both presentation orders
         assert row["chosen"].startswith("a much longer") and row["p_chosen"] == 1.0, row
     # Teardown left no process of this job behind.
-    assert processes_mentioning(str(ray_tmp)) == []
+    assert _gone(str(ray_tmp)) == []
 
 
 @pytest.mark.slow
@@ -137,7 +143,31 @@ def test_failing_driver_fails_the_job_with_its_exit_code(slurm_env, jobs):
     assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "2:0"), log[-4000:]
     assert "pool.num_actors" in log  # the driver's own error reached the job's output
     assert "driver exited with 2" in log
-    assert processes_mentioning(str(ray_tmp)) == []
+    assert _gone(str(ray_tmp)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_scancel_ends_every_ray_process_of_the_job(slurm_env, jobs):
+    job_id, out, _workdir, ray_tmp = jobs["cancel"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (out.exists() and "running: sleep 600" in out.read_text()):  # Ray is up, the driver runs
+        assert time.monotonic() < deadline, out.read_text()[-4000:] if out.exists() else "no output"
+        time.sleep(1)
+    assert processes_mentioning(str(ray_tmp)), "the job's Ray processes should be running"
+    subprocess.run(["scancel", job_id], env=slurm_env, check=True)
+    fields = _wait(slurm_env, job_id)
+    assert fields["JobState"] == "CANCELLED"
+    assert "stopping this job's Ray steps" in out.read_text()
+    assert _gone(str(ray_tmp)) == []
+
+
+def _gone(text: str, wait_s: float = 30) -> list[str]:
+    """Processes mentioning `text` once they had `wait_s` to exit (Slurm ends steps asynchronously)."""
+    deadline = time.monotonic() + wait_s
+    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 def _summary(run_dir: Path) -> dict:
