@@ -15,11 +15,30 @@ from .ratelimit import RateLimiter
 from .store import GroupCommitWriter, ShardWriter, record_of
 from .types import Task, Usage
 
+SECRET_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
+
+
+class Secrets(dict):
+    """API keys from the driver's environment, handed to actors on other nodes as constructor arguments
+    (kept in memory for restarts, never in a runtime_env, a config or a log); repr never shows them."""
+
+    @classmethod
+    def from_env(cls) -> Secrets:
+        return cls({k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)})
+
+    def __repr__(self) -> str:
+        return f"Secrets({sorted(self)})"
+
+    __str__ = __repr__
+
 
 class FeedbackActor:
     """Wrapped with `ray.remote(max_restarts=..)` by FeedbackPool; also usable in-process in tests."""
 
-    def __init__(self, cfg: FeedbackPoolConfig, labels_dir: str | None, config_hash: str, index: int, share: float):
+    def __init__(self, cfg: FeedbackPoolConfig, labels_dir: str | None, config_hash: str, index: int, share: float,
+                 secrets: Secrets | None = None):
+        for name, value in (secrets or {}).items():  # API keys live only in this process's environment
+            os.environ[name] = value
         self.cfg, self.config_hash, self.index = cfg, config_hash, index
         self.labels_dir, self.share = labels_dir, share
         self.judge = None

@@ -1,6 +1,6 @@
 """FeedbackPool: K FeedbackActors placed by a placement group (STRICT_SPREAD puts them on different nodes),
-fed shards by work stealing: each actor holds at most two shards, and whichever finishes first takes the
-next (shards shrink towards the end), so a slow actor never holds the job. A shard whose actor died goes back to the queue minus what the
+fed shards by work stealing: each actor holds a bounded backlog, and whichever finishes a shard first takes
+the next (shards shrink towards the end), so a slow actor never holds the job. A shard whose actor died goes back to the queue minus what the
 store already holds, and runs on a live (or restarted) actor.
 
     pool = FeedbackPool(pool_cfg, ray_cfg, run_dir, config_hash)
@@ -20,13 +20,12 @@ from typing import Any
 
 from ..cluster import bundle_strategy, placement_group
 from ..config import FeedbackPoolConfig, RayConfig
-from .actor import FeedbackActor
+from .actor import FeedbackActor, Secrets
 from .labels import p_a_of
 from .store import LabelStore
 from .types import Task
 
 log = logging.getLogger(__name__)
-SHARDS_PER_ACTOR = 2
 MAX_ACTOR_FAILURES = 3
 MIN_SHARD = 8
 
@@ -45,7 +44,7 @@ class FeedbackPool:
         remote = ray.remote(max_restarts=max_restarts, max_concurrency=1000)(FeedbackActor)
         labels_dir = str(self.store.dir) if self.store else None
         self.actors = [remote.options(num_cpus=cpus_per_actor, scheduling_strategy=bundle_strategy(self.pg, i))
-                       .remote(cfg, labels_dir, config_hash, i, 1.0 / k) for i in range(k)]
+                       .remote(cfg, labels_dir, config_hash, i, 1.0 / k, Secrets.from_env()) for i in range(k)]
         self._nodes = ray.get([a.info.remote() for a in self.actors])
         self.stop_requested = False
 
@@ -71,10 +70,10 @@ class FeedbackPool:
         while queue or running:
             if not self.stop_requested:
                 for i, actor in enumerate(self.actors):
-                    while queue and load[i] < SHARDS_PER_ACTOR and failures[i] < MAX_ACTOR_FAILURES:
+                    while queue and load[i] < self._backlog() and failures[i] < MAX_ACTOR_FAILURES:
                         shard = [queue.popleft() for _ in range(min(len(queue), self._shard_len(len(queue))))]
                         running[actor.label.remote(shard)] = (i, shard)
-                        load[i] += 1
+                        load[i] += len(shard)
             if not running:
                 if all(f >= MAX_ACTOR_FAILURES for f in failures):
                     raise RuntimeError(f"every pool actor died {MAX_ACTOR_FAILURES} times; {len(queue)} shards left")
@@ -84,7 +83,7 @@ class FeedbackPool:
                 on_progress()
             for ref in done:
                 i, shard = running.pop(ref)
-                load[i] -= 1
+                load[i] -= len(shard)
                 try:
                     s = ray.get(ref)
                 except RayActorError as e:
@@ -104,6 +103,11 @@ class FeedbackPool:
         if on_progress is not None:
             on_progress()
         return totals
+
+    def _backlog(self) -> int:
+        """Tasks an actor holds: enough to keep every in-flight slot busy while the next shard arrives
+        (a shard returns only when its slowest call does)."""
+        return max(2 * self.cfg.max_in_flight, self.cfg.shard_size)
 
     def _shard_len(self, remaining: int) -> int:
         """Guided self-scheduling: full shards while there is much left, then smaller ones so every actor

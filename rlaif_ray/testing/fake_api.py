@@ -134,8 +134,11 @@ class FakeAPI:
     def _ratelimit_headers(self) -> dict[str, str]:
         if not self.requests_per_min:
             return {}
-        reset = (datetime.now(UTC) + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
-        remaining = int(self._bucket or 0)
+        level = self._bucket or 0.0
+        # Like the real API: when the budget is spent, `reset` says when the next request is allowed.
+        refill_s = max(0.0, 1.0 - level) / (self.requests_per_min / 60.0)
+        reset = (datetime.now(UTC) + timedelta(seconds=refill_s)).isoformat().replace("+00:00", "Z")
+        remaining = int(level)
         return {"anthropic-ratelimit-requests-limit": str(int(self.requests_per_min)),
                 "anthropic-ratelimit-requests-remaining": str(remaining),
                 "anthropic-ratelimit-requests-reset": reset}
