@@ -54,7 +54,8 @@ def full_state(module, zero3: bool, rank: int) -> dict | None:
     return out if rank == 0 else None
 
 
-def save_rank(engine, directory: str, rank: int, zero3: bool, tokenizer_path: str | None) -> None:
+def save_rank(engine, directory: str, rank: int, zero3: bool, tokenizer_path: str | None,
+              hf_only: bool = False) -> None:
     """Every rank: DeepSpeed state + RNG; rank 0 also the HF model (merged) and tokenizer."""
     import numpy as np
     import torch
@@ -72,6 +73,8 @@ def save_rank(engine, directory: str, rank: int, zero3: bool, tokenizer_path: st
             load_tokenizer(tokenizer_path).save_pretrained(directory)
     if hasattr(module, "value_head"):
         _save_value_head(module.value_head, directory, zero3, rank)
+    if hf_only:
+        return
     engine.save_checkpoint(os.path.join(directory, "deepspeed"), tag="state")
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     torch.save(rng, os.path.join(directory, "deepspeed", f"rng_rank{rank}.pt"))
@@ -117,6 +120,14 @@ def read_trainer_state(directory: str) -> dict:
 
 def checkpoint_dir(run_dir: str, step: int) -> str:
     return os.path.join(run_dir, "checkpoints", f"step-{step:07d}")
+
+
+def save_checkpoint(group, run_dir: str, step: int, extra: dict, keep: int = 2) -> str:
+    """Save a resumable checkpoint at `step` and drop older ones beyond `keep`."""
+    path = checkpoint_dir(run_dir, step)
+    group.save(path, {"step": step, **extra})
+    prune_checkpoints(run_dir, keep)
+    return path
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

@@ -57,6 +57,16 @@ def split_batch(batch: dict, parts: int, min_rows: int = 1) -> list[dict]:
     return [{k: v[bounds[i]:bounds[i + 1]] for k, v in batch.items()} for i in range(parts)]
 
 
+def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """A seeded permutation of range(n) cut into full batches (the last partial one is dropped so
+    every step has the same shape across ranks). Same seed, same order: the resume cursor is an index."""
+    import random
+
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
 def concat_outputs(outputs: list[dict]) -> dict:
     import torch
 
@@ -193,10 +203,10 @@ class LearnerActor:
         save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, "model.safetensors"))
         return path
 
-    def save(self, directory: str, tokenizer_path: str | None) -> None:
+    def save(self, directory: str, tokenizer_path: str | None, hf_only: bool = False) -> None:
         from .checkpoint import save_rank
 
-        save_rank(self.engine, directory, self.rank, self.cfg.zero_stage == 3, tokenizer_path)
+        save_rank(self.engine, directory, self.rank, self.cfg.zero_stage == 3, tokenizer_path, hf_only)
 
     def load(self, directory: str) -> None:
         from .checkpoint import load_rank
@@ -315,12 +325,13 @@ class LearnerGroup:
         """Rank 0's HF-named full state dict (or, with `path`, the safetensors dir it wrote)."""
         return self._call("state_for_sync", [(path,)] * len(self.actors))[0]
 
-    def save(self, directory: str, extra: dict | None = None) -> None:
-        """HF checkpoint (rank 0) + DeepSpeed engine/optimizer + per-rank RNG; `extra` (data cursor,
-        metrics, ...) is written last as `trainer_state.json`, so its presence marks a complete save."""
+    def save(self, directory: str, extra: dict | None = None, hf_only: bool = False) -> None:
+        """HF checkpoint (rank 0) + DeepSpeed engine/optimizer + per-rank RNG (not with `hf_only`: an
+        export); `extra` (data cursor, metrics, ...) is written last as `trainer_state.json`, so its
+        presence marks a complete save."""
         from .checkpoint import write_trainer_state
 
-        self._call("save", [(directory, self.tokenizer_path)] * len(self.actors))
+        self._call("save", [(directory, self.tokenizer_path, hf_only)] * len(self.actors))
         write_trainer_state(directory, extra or {})
 
     def load(self, directory: str) -> dict:

@@ -44,21 +44,35 @@ def encode_prompt_response(tokenizer, prompt, response) -> tuple[list[int], int]
     return full, n
 
 
-def collate_preferences(records, tokenizer, max_length: int) -> dict:
-    """PreferenceRecords -> the [B, 2, L] preference batch (keep-start truncation to max_length)."""
-    seqs, masks = [], []
+def encode_preferences(records, tokenizer, max_length: int) -> list[tuple]:
+    """Tokenize once per dataset: per record (ids, loss mask) of chosen and of rejected, keep-start
+    truncated to max_length (as TRL does)."""
+    out = []
     for r in records:
+        pair = []
         for response in (r.chosen, r.rejected):
             ids, n = encode_prompt_response(tokenizer, r.prompt, response)
-            seqs.append(ids[:max_length])
-            masks.append(([0] * n + [1] * (len(ids) - n))[:max_length])
-    width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs]).view(len(records), 2, width)
-    attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]).view(len(records), 2, width)
-    loss_mask = torch.tensor([m + [0] * (width - len(m)) for m in masks]).view(len(records), 2, width)
-    return {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask,
-            "p": torch.tensor([float(r.p_chosen) for r in records]), "ids": [r.id for r in records]}
+            pair.append((ids[:max_length], ([0] * n + [1] * (len(ids) - n))[:max_length]))
+        out.append((pair[0], pair[1], float(r.p_chosen), r.id))
+    return out
+
+
+def pad_preferences(encoded: list[tuple], pad_id: int) -> dict:
+    """Encoded records -> the [B, 2, L] preference batch (right padding)."""
+    seqs = [seq for rec in encoded for seq in rec[:2]]
+    width = max(len(ids) for ids, _ in seqs)
+
+    def tensor(rows):
+        return torch.tensor(rows).view(len(encoded), 2, width)
+    return {"input_ids": tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in seqs]),
+            "attention_mask": tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in seqs]),
+            "loss_mask": tensor([m + [0] * (width - len(m)) for _, m in seqs]),
+            "p": torch.tensor([rec[2] for rec in encoded]), "ids": [rec[3] for rec in encoded]}
+
+
+def collate_preferences(records, tokenizer, max_length: int) -> dict:
+    """PreferenceRecords -> the [B, 2, L] preference batch."""
+    return pad_preferences(encode_preferences(records, tokenizer, max_length), tokenizer.pad_token_id)
 
 
 def _pairs_flat(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

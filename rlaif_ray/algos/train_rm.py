@@ -1,0 +1,96 @@
+"""train-rm: a Bradley–Terry reward model (soft labels, optional margin) from preferences.
+
+The backbone gets a one-output sequence-classification head; each pair is scored as prompt (user
+turn) + response (assistant turn), the same text the RewardScorer scores at inference. Accuracy on
+the held-out AI-labeled split and, when given, on a human-labeled file is reported every epoch.
+The model is exported to <run_dir>/final (HF safetensors, loads with `load_reward_model`);
+`--resume` continues from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..config.jobs import TrainRMJob
+
+CONFIG = TrainRMJob
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run_dir")
+
+
+def run(cfg: TrainRMJob, args) -> int:
+    from ..cluster import init_ray
+    from ..data import read_preferences, split_by_id
+    from ..learner.checkpoint import latest_checkpoint, save_checkpoint
+    from ..learner.group import LearnerGroup, NonFiniteLossError, epoch_batches
+    from ..learner.metrics import MetricsWriter
+    from ..learner.objectives import RMObjective, encode_preferences, pad_preferences
+    from ..models import load_tokenizer, tokenizer_path
+
+    if not cfg.train:
+        raise ValueError("train: a preferences file is required (train=path.jsonl)")
+    L = cfg.learner
+    tok = load_tokenizer(tokenizer_path(cfg.model), padding_side="right")
+    train, val = split_by_id(read_preferences(cfg.train), cfg.val_fraction, L.seed)
+    batch_size = L.micro_batch_size * L.grad_accum * L.num_ranks
+    if len(train) < batch_size:
+        raise ValueError(f"train {cfg.train}: {len(train)} training pairs, fewer than one batch ({batch_size})")
+    train = encode_preferences(train, tok, L.max_length)
+    evals = {"val": encode_preferences(val, tok, L.max_length)}
+    if cfg.human_eval:
+        evals["human"] = encode_preferences(read_preferences(cfg.human_eval), tok, L.max_length)
+    per_epoch = len(train) // batch_size
+
+    init_ray(cfg.ray)
+    group = LearnerGroup(L, cfg.model, {"rm": RMObjective(cfg.margin, cfg.soft_labels)}, model_kind="reward",
+                         name="rm")
+    cursor = {"epoch": 0, "batch": 0, "step": 0}
+    ckpt = latest_checkpoint(cfg.run_dir) if getattr(args, "resume", False) else None
+    if ckpt:
+        cursor = group.load(ckpt)
+        log.info("resumed from %s at %s", ckpt, cursor)
+    pad = tok.pad_token_id
+    try:
+        with MetricsWriter(cfg.run_dir, cfg.epochs * per_epoch, resume=cursor if ckpt else None) as metrics:
+            step = cursor["step"]
+            for epoch in range(cursor["epoch"], cfg.epochs):
+                order = epoch_batches(len(train), batch_size, L.seed + epoch)
+                for bi in range(cursor["batch"] if epoch == cursor["epoch"] else 0, len(order)):
+                    out = group.train_step("rm", pad_preferences([train[i] for i in order[bi]], pad))
+                    step += 1
+                    metrics.log(step, {**out, "epoch": epoch})
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                        save_checkpoint(group, cfg.run_dir, step, {"epoch": epoch, "batch": bi + 1,
+                                                                   "metrics_rows": metrics.rows})
+                for split, encoded in evals.items():
+                    if encoded:
+                        acc = accuracy(group, encoded, pad, batch_size)
+                        metrics.log(step, {"accuracy": acc, "pairs": len(encoded), "epoch": epoch}, prefix=split)
+                        log.info("epoch %d %s accuracy %.3f on %d pairs", epoch, split, acc, len(encoded))
+                save_checkpoint(group, cfg.run_dir, step, {"epoch": epoch + 1, "batch": 0,
+                                                           "metrics_rows": metrics.rows})
+            final = os.path.join(cfg.run_dir, "final")
+            group.save(final, {"step": step}, hf_only=True)
+            log.info("reward model written to %s", final)
+    except NonFiniteLossError as e:
+        log.error("stopped: %s; the last good checkpoint is %s", e, latest_checkpoint(cfg.run_dir))
+        return 1
+    finally:
+        group.shutdown()
+    return 0
+
+
+def accuracy(group, encoded, pad: int, batch_size: int) -> float:
+    """Fraction of decided pairs (label ≠ 0.5) whose score order agrees with the label."""
+    import torch
+
+    from ..learner.objectives import pad_preferences, rm_accuracy
+
+    outs = [group.forward("rm", pad_preferences(encoded[i:i + batch_size], pad))
+            for i in range(0, len(encoded), batch_size)]
+    scores = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    return rm_accuracy(scores, torch.tensor([rec[2] for rec in encoded]))
