@@ -56,6 +56,7 @@ def slurm_env():
     yield env
     if not was_up:
         subprocess.run([str(LOCAL_SLURM), "stop"], env=env, check=True, timeout=120)
+        assert processes_mentioning(str(SLURM_DIR)) == [], "local_slurm.sh stop left daemons running"
 
 
 def _sbatch(env: dict, workdir: Path, sbatch_args: list[str], command: list[str], **settings: str) -> tuple[str, Path]:

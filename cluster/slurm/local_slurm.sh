@@ -78,7 +78,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
-# Finished jobs stay visible to `scontrol show job` for 10 min (no accounting database here).
+# Finished jobs stay visible to scontrol show job for 10 min (no accounting database here).
 MinJobAge=600
 KillWait=10
 EOF
@@ -118,6 +118,7 @@ all_idle() {
 
 start() {
     [[ $NODES -ge 1 && $NODES -le 9 ]] || die "LOCAL_SLURM_NODES must be 1..9 (NodeAddr 127.0.0.1X)"
+    [[ $(id -u) -eq 0 ]] || die "needs root: slurmd starts job steps as the submitting user"
     install_packages
     mkdir -p "$DIR"
     if [[ -f $CONF ]] && alive "$DIR/slurmctld.pid"; then
@@ -137,22 +138,39 @@ start() {
     log "ready: $NODES nodes idle; export SLURM_CONF=$CONF"
 }
 
+# SIGTERM the daemons in these pid files, wait up to 20 s, SIGKILL what is left; remove the files.
+# A pid counts only while its command line names $DIR: a stale pid file never hits a reused pid.
+stop_pids() {
+    local pidfile pid pids=()
+    for pidfile in "$@"; do
+        [[ -f $pidfile ]] || continue
+        pid=$(cat "$pidfile")
+        ours "$pid" && pids+=("$pid")
+        rm -f "$pidfile"
+    done
+    [[ ${#pids[@]} -gt 0 ]] || return 0
+    kill "${pids[@]}" 2>/dev/null || true
+    wait_for 20 none_alive "${pids[@]}" || kill -9 "${pids[@]}" 2>/dev/null || true
+}
+
+ours() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$DIR"; }
+
+none_alive() {
+    local pid
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 1; done
+    return 0
+}
+
 stop() {
-    local pidfile pid
     if [[ -f $CONF ]] && alive "$DIR/slurmctld.pid"; then
         # Jobs of this private cluster are ours: cancel them so their steps end before slurmd does.
         SLURM_CONF=$CONF squeue -h -o %i | SLURM_CONF=$CONF xargs -r scancel --quiet || true
         SLURM_CONF=$CONF wait_for 30 bash -c '[[ -z $(squeue -h -o %i 2>/dev/null) ]]' || log "jobs still listed"
     fi
-    for pidfile in "$DIR"/d/n*.pid "$DIR/slurmctld.pid" "$MUNGE/munged.pid"; do
-        [[ -f $pidfile ]] || continue
-        pid=$(cat "$pidfile")
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid"
-            wait_for 15 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
-        fi
-        rm -f "$pidfile"
-    done
+    # SIGTERM to every daemon at once (each takes seconds to shut down), then wait; munged last, as
+    # slurmctld/slurmd use it until they exit.
+    stop_pids "$DIR"/d/n*.pid "$DIR/slurmctld.pid"
+    stop_pids "$MUNGE/munged.pid"
     log "stopped"
 }
 
