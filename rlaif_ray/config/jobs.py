@@ -33,6 +33,20 @@ class LabelJob:
 
 
 @dataclass
+class LabelHumanJob:
+    input: str = field_("", "pairs (prompt, response_a, response_b) to label by hand, JSONL or Parquet")
+    output: str = field_("", "human preferences, appended as you go (default: <run_dir>/human_preferences.jsonl)")
+    run_dir: str = field_("runs/label-human", "output and effective config go here")
+    annotator: str = field_("human", "name stored with every label")
+    max_examples: int | None = field_(None, "show at most this many pairs", ge=1)
+    seed: int = field_(0, "seed of the per-pair display order (which response is shown first)", ge=0)
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("input: a pairs file is required (input=path.jsonl)")
+
+
+@dataclass
 class GeneratePairsJob:
     prompts: str = field_("", "prompts file (JSONL/Parquet with a `prompt` field)")
     output: str = field_("", "unlabeled pairs to write (default: <run_dir>/pairs.jsonl)")
@@ -199,6 +213,7 @@ class DemoJob:
 
 JOB_CONFIGS: dict[str, type] = {
     "label": LabelJob,
+    "label-human": LabelHumanJob,
     "generate-pairs": GeneratePairsJob,
     "train-rm": TrainRMJob,
     "train-dpo": TrainDPOJob,
