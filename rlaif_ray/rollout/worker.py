@@ -48,6 +48,23 @@ class RolloutWorker:
         self.version = version
         return time.perf_counter() - t0
 
+    # GPU sync (rlaif_ray.sync.nccl): vLLM's weight-transfer RPCs, called by the learner's NCCL sender.
+    def init_weight_transfer_engine(self, request) -> None:
+        self.engine.llm.init_weight_transfer_engine(request)
+
+    def start_weight_update(self) -> None:
+        self.engine.llm.start_weight_update()
+
+    def update_weights(self, request) -> None:
+        self.engine.llm.update_weights(request)
+
+    def finish_weight_update(self) -> None:
+        self.engine.llm.finish_weight_update()
+        self.engine.llm.reset_prefix_cache()
+
+    def set_version(self, version: int) -> None:
+        self.version = version
+
     def get_version(self) -> int:
         return self.version
 

@@ -114,6 +114,17 @@ class WeightSync:
                  seconds, verified, None if diff is None else f"{diff:.2e}")
         return report
 
+    def confirm(self, version: int, probe_reference: list[float] | None) -> SyncReport:
+        """After weights arrived another way (NCCL, `sync/nccl.py`): set the version, verify if due."""
+        self._call_all("set_version", version, what="set version")
+        self.pushes += 1
+        t0, verified, diff = time.perf_counter(), None, None
+        if self.verify_due():
+            if probe_reference is None:
+                raise WeightSyncError("weight sync: verification needs the learner's probe logprobs")
+            diff, verified = self.check(probe_reference, version), True
+        return SyncReport(version, 0, 0.0, time.perf_counter() - t0, verified, diff)
+
     def check(self, reference: list[float], version: int) -> float:
         """Max |engine - reference| logprob over the probe on every worker; raises above the tolerance."""
         results = self._call_all("sequence_logprobs", [self.probe.prompt_ids], [self.probe.completion_ids],
