@@ -247,12 +247,12 @@ def ppo_step(step, cfg, prompts, pool, learner, sync, reward_fn, kl_ctl, pad_id,
                 ids.append(f"{rec.id}#{j}")
                 texts.append(text_of(rec.prompt))
     if not samples:
-        raise RuntimeError(f"step {step}: no samples (every prompt rejected as too long?)")
+        raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
     with timer("score"):
         raw = torch.tensor(reward_fn(texts, [s.text for s in samples]), dtype=torch.float32)
     bad = [i for i, v in zip(ids, raw.tolist(), strict=True) if not math.isfinite(v)]
     if bad:
-        raise NonFiniteError(f"step {step}: non-finite reward for samples {bad} (batch: {ids}); "
+        raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
                              "stopping, the last checkpoint is kept")
     with timer("train"):
         batch = build_batch(samples, pad_id)
@@ -279,7 +279,7 @@ def ppo_step(step, cfg, prompts, pool, learner, sync, reward_fn, kl_ctl, pad_id,
                 sel = perm[k * per:(k + 1) * per]
                 stats = learner.train_step({key: v[sel] for key, v in batch.items()})
                 if not math.isfinite(stats["loss"]):
-                    raise NonFiniteError(f"step {step} epoch {epoch} minibatch {k}: non-finite loss on learner "
+                    raise NonFiniteError(f"step {step + 1} epoch {epoch} minibatch {k}: non-finite loss on learner "
                                          f"rank {stats.get('nonfinite_rank')} for samples "
                                          f"{[ids[i] for i in sel.tolist()]}; stopping, the last checkpoint is kept")
                 updates.append(stats)
