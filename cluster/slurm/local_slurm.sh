@@ -122,8 +122,12 @@ start() {
     install_packages
     mkdir -p "$DIR"
     if [[ -f $CONF ]] && alive "$DIR/slurmctld.pid"; then
+        local have
+        have=$(grep -c '^NodeName=' "$CONF")
+        [[ $have -eq $NODES ]] || die "already running with $have nodes, not $NODES: run '$0 stop' first"
         log "already running ($CONF)"
     else
+        stop_pids "$DIR"/d/n*.pid  # slurmd left by a crashed run would hold the node ports
         write_conf
         start_munge
         export SLURM_CONF=$CONF
