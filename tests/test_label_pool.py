@@ -83,3 +83,21 @@ def test_pool_score_and_compare(ray_session, fake, tmp_path):
     assert details[0]["error"] is None and details[0]["cost_usd"] > 0
     for (a, b), c in zip([("x1", "y1"), ("x2", "y2")], comps, strict=True):
         assert c == pytest.approx((p_first(a, b) + 1 - p_first(b, a)) / 2, abs=1e-9)
+
+
+def test_pool_local_judge_in_actor(ray_session, tmp_path, tiny_model_dir):
+    from rlaif_ray.feedback.pool import FeedbackPool
+
+    judge = JudgeConfig(kind="local", model=str(tiny_model_dir), local_backend="hf", local_max_model_len=512)
+    cfg = FeedbackPoolConfig(num_actors=1, judge=judge, rate_limit=RateLimitConfig(requests_per_min=0))
+    pairs = [PairRecord(prompt=f"q{i}", response_a=f"yes {i}", response_b=f"no {i}") for i in range(3)]
+    pool = FeedbackPool(cfg, RayConfig(), str(tmp_path), config_hash(judge))
+    try:
+        summary = pool.label(tasks_for(pairs, judge))
+    finally:
+        pool.shutdown()
+    store = LabelStore(tmp_path)
+    store.refresh()
+    rows, stats = consolidate(pairs, store, judge, config_hash(judge), "local")
+    assert summary["ok"] == 6 and stats["labeled"] == 3
+    assert all(0.0 < r["p_a_ab"] < 1.0 for r in rows)  # real probabilities, not hard votes

@@ -35,7 +35,13 @@ class LocalJudge(Judge):
         return resolve_model_path(ModelConfig(path=self.cfg.model))
 
     def _build(self):
+        import os
+
+        import torch
+
         from ..rollout.engine import build_engine
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # Ray actors start with OMP_NUM_THREADS=1
 
         rollout = RolloutConfig(backend=self.cfg.local_backend, max_model_len=self.cfg.local_max_model_len,
                                 in_process=True, enforce_eager=True, kv_cache_gib=1.0)
