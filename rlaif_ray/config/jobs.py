@@ -202,12 +202,28 @@ class EvalJob:
 
 @dataclass
 class DemoJob:
-    run_dir: str = field_("runs/demo", "every stage writes below this")
+    run_dir: str = field_("runs/demo", "every stage writes below <run_dir>/<n>-<job>/")
     policy: ModelConfig = field_(ModelConfig(path="smollm2", dtype="bf16", lora=LoraConfig(enabled=True)),
-                                 "starting policy")
-    judge: JudgeConfig = field_(JudgeConfig(kind="local", model="smollm2"), "AI judge for labels and eval")
-    time_budget_min: float = field_(15.0, "stages shrink their sizes to fit this budget", gt=0)
-    prompts_per_stage: int = field_(64, "prompts used by generate-pairs", ge=4)
+                                 "starting policy (trained with LoRA)")
+    judge: JudgeConfig = field_(JudgeConfig(kind="local", model="smollm2", max_tokens=1),
+                                "AI judge for labels and eval (local = a vLLM engine inside the pool)")
+    time_budget_min: float = field_(15.0, "wall-clock budget; PPO gets half of what is left after train-rm, "
+                                    "the rest is for DPO and eval", gt=0)
+    pair_prompts: int = field_(96, "training prompts sampled into pairs by generate-pairs", ge=4)
+    eval_prompts: int = field_(48, "held-out prompts in the final evaluation", ge=4)
+    sampling: SamplingConfig = field_(SamplingConfig(temperature=1.0, max_new_tokens=48),
+                                      "generation for pairs and PPO (eval is greedy)")
+    rollout: RolloutConfig = field_(RolloutConfig(max_model_len=512), "rollout workers of every stage")
+    rm_learner: LearnerConfig = field_(LearnerConfig(lr=2e-4, dtype="bf16", micro_batch_size=8, max_length=256),
+                                       "learner group of train-rm")
+    rm_epochs: int = field_(2, "reward-model epochs", ge=1)
+    learner: LearnerConfig = field_(LearnerConfig(lr=5e-5, dtype="bf16", micro_batch_size=4, max_length=256),
+                                    "learner group of train-ppo and train-dpo")
+    ppo: PPOConfig = field_(PPOConfig(steps=12, prompts_per_step=16), "PPO; steps are also capped by the budget")
+    dpo: DPOStage = field_(DPOStage(name="ai", epochs=1, lr=5e-5, beta=0.1, loss="sigmoid", soft_labels=True),
+                           "the DPO stage on the AI preferences (its data is filled in by the demo)")
+    sync: SyncConfig = field_(SyncConfig(), "weight sync of train-ppo")
+    seed: int = field_(0, "seed of eval position randomisation and bootstrap", ge=0)
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
 
