@@ -126,9 +126,32 @@ def _tokens(rows, model_dir: str, batch: int, steps: int) -> int:
 
 
 def ppo_split(args, quick: bool) -> dict:
-    """HOOK for helper D2: one PPO iteration's time split (generate / score / train / sync seconds)
-    and `driver_overhead_fraction`. Returns {} until D2 fills it in; its keys are merged into the JSON."""
-    return {}
+    """One PPO iteration's time split: `train-ppo` on the toy config (configs/train_ppo_toy.yaml: vLLM
+    rollout worker, function reward, 2-rank DeepSpeed policy + value head, verified sync), steps 2..N
+    averaged (step 1 pays warm-up). `driver_overhead_fraction` = step time in none of
+    generate/score/train/sync/checkpoint (goal < 0.10)."""
+    import tempfile
+    from pathlib import Path
+
+    from rlaif_ray.algos.train_ppo import TIMED, train
+    from rlaif_ray.config import load
+    from rlaif_ray.config.jobs import TrainPPOJob
+
+    root = Path(__file__).resolve().parents[1]
+    steps = 3 if quick else 6
+    with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
+        cfg = load(TrainPPOJob, str(root / "configs/train_ppo_toy.yaml"),
+                   [f"run_dir={tmp}", f"prompts={root / 'configs/train_ppo_toy.prompts.jsonl'}",
+                    f"ppo.steps={steps}", "checkpoint_every=0"])
+        rows = train(cfg)[1:]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in [f"time_{t}" for t in TIMED] + ["time_step"]}
+    out = {f"ppo_{k}_s": round(v, 3) for k, v in mean.items()}
+    out["ppo_steps_measured"] = len(rows)
+    out["driver_overhead_fraction"] = round(max(0.0, 1 - sum(mean[f"time_{t}"] for t in TIMED) / mean["time_step"]), 4)
+    split = "  ".join(f"{t} {mean[f'time_{t}']:.2f}s" for t in TIMED)
+    print(f"PPO iteration ({len(rows)} steps avg): {split}  step {mean['time_step']:.2f}s  "
+          f"driver_overhead_fraction {out['driver_overhead_fraction']:.4f}")
+    return out
 
 
 def run(args) -> int:

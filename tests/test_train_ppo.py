@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import rlaif_ray.reward as reward_pkg
 from rlaif_ray.algos import train_ppo
 from rlaif_ray.config import load
 from rlaif_ray.config.jobs import TrainPPOJob
+from rlaif_ray.learner.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -43,25 +45,30 @@ def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, 
     for key in ("pg_loss", "vf_loss", "entropy", "clip_frac", "value_error", "grad_norm", "reward_std",
                 "time_generate", "time_score", "time_train", "time_sync", "driver_overhead_fraction"):
         assert all(math.isfinite(r[key]) for r in rows), key
-    assert (tmp_path / "full/checkpoints/step-6/policy/model.safetensors").exists()
-    assert (tmp_path / "full/checkpoints/step-6/policy/value_head.safetensors").exists()
+    final = Path(latest_checkpoint(str(tmp_path / "full")))
+    assert final.name == "step-0000006"
+    assert (final / "model.safetensors").exists() and (final / "value_head.safetensors").exists()
 
     # NaN reward at step 5: stop with the ids, keep the step-3 checkpoint
-    crash, real, batches = tmp_path / "crash", train_ppo.make_reward, []
+    crash, real, batches = tmp_path / "crash", reward_pkg.build_reward_source, []
 
-    def nan_at_step_5(cfg):
-        fn = real(cfg)
+    def nan_at_step_5(cfg, ray_cfg=None):
+        source = real(cfg, ray_cfg)
 
-        def scores(prompts, responses):
-            batches.append(len(responses))
-            return [math.nan] * len(responses) if len(batches) == 5 else fn(prompts, responses)
-        return scores
+        class NanAtStep5:
+            def __call__(self, prompts, responses):
+                batches.append(len(responses))
+                return [math.nan] * len(responses) if len(batches) == 5 else source(prompts, responses)
 
-    monkeypatch.setattr(train_ppo, "make_reward", nan_at_step_5)
+            def close(self):
+                source.close()
+        return NanAtStep5()
+
+    monkeypatch.setattr(reward_pkg, "build_reward_source", nan_at_step_5)
     with pytest.raises(train_ppo.NonFiniteError, match=r"step 5: non-finite reward for samples \['[0-9a-f]+#0'"):
         train_ppo.train(_cfg(crash))
     monkeypatch.undo()
-    assert (crash / "checkpoints/latest").read_text() == "step-3"
+    assert Path(latest_checkpoint(str(crash))).name == "step-0000003"
     assert [json.loads(line)["step"] for line in (crash / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
     # resume from step 3 with the good reward: steps 4-6 equal the uninterrupted run's

@@ -4,29 +4,27 @@
     reference logprobs) -> KL-penalised token rewards -> GAE advantages -> ppo_epochs x minibatches
     updates -> weight sync (verified) -> next step
 
-Per step one JSON line in `<run_dir>/metrics.jsonl` (and TensorBoard in `<run_dir>/tb`): loss terms,
-reward mean/std, KL, entropy, clip fraction, value error, grad norm, tokens/s and the wall-time split
-generate/score/train/sync (+ checkpoint); `driver_overhead_fraction` is the step time in none of them.
-Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head, optimizer, RNG, KL
-coefficient, data cursor, config) every `checkpoint_every` steps and at the end; `--resume` continues
-from the latest one and reproduces the uninterrupted run (the prompt order and sampling seeds are
-functions of the step). A non-finite reward or loss stops the run naming the batch's sample ids; the
-last good checkpoint stays.
+The policy (with its value head, or beside a separate critic group) trains in a DeepSpeed
+`LearnerGroup`; the frozen reference is replicated on the same ranks (`set_reference("initial")`).
+Per step one row in `<run_dir>/metrics.jsonl` (keys `ppo/<name>`) and TensorBoard, with a progress
+bar: loss terms, reward mean/std, KL, entropy, clip fraction, value error, grad norm, tokens/s and the
+wall-time split generate/score/train/sync/checkpoint; `driver_overhead_fraction` is the step time in
+none of them. Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head,
+DeepSpeed optimizer state, RNG, KL coefficient, data cursor) every `checkpoint_every` steps and at the
+end; `--resume` continues from the latest one and reproduces the uninterrupted run (the prompt order
+and sampling seeds are functions of the step). A non-finite reward or loss stops the run naming the
+batch's sample ids; the last good checkpoint stays.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 from ..config.jobs import TrainPPOJob
 
@@ -51,16 +49,6 @@ def prompt_indices(n_prompts: int, per_step: int, step: int, seed: int) -> list[
         epoch, pos = divmod(g, n_prompts)
         out.append(random.Random(seed * 1_000_003 + epoch).sample(range(n_prompts), n_prompts)[pos])
     return out
-
-
-def load_function(spec: str):
-    """`module:function` -> the callable (reward.source=function)."""
-    import importlib
-
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"reward.function: {spec!r} is not 'module:function'")
-    return getattr(importlib.import_module(module), name)
 
 
 def build_batch(samples, pad_id: int) -> dict:
@@ -93,56 +81,6 @@ class Timer:
         self.t[phase] += time.perf_counter() - t0
 
 
-class Metrics:
-    """JSONL + TensorBoard per step; on resume the lines after the checkpoint are dropped."""
-
-    def __init__(self, run_dir: Path, keep_until: int | None):
-        self.path = run_dir / "metrics.jsonl"
-        if keep_until is None:
-            self.path.unlink(missing_ok=True)
-        elif self.path.exists():
-            rows = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= keep_until]
-            self.path.write_text("".join(r + "\n" for r in rows))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(run_dir / "tb"))
-
-    def write(self, row: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "step":
-                self.tb.add_scalar(k, v, row["step"])
-        self.tb.flush()
-
-    def close(self) -> None:
-        self.tb.close()
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    marker = run_dir / "checkpoints" / "latest"
-    return run_dir / "checkpoints" / marker.read_text().strip() if marker.exists() else None
-
-
-def save_checkpoint(run_dir: Path, learner, step: int, kl_ctl) -> Path:
-    """Everything `--resume` needs; `latest` moves only once the directory is complete."""
-    ckpt = run_dir / "checkpoints" / f"step-{step}"
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    learner.save(str(tmp))
-    (tmp / "driver_state.json").write_text(json.dumps({"step": step, "data_cursor": step,
-                                                       "kl_ctl": kl_ctl.state_dict()}))
-    if (run_dir / "config.yaml").exists():
-        shutil.copy(run_dir / "config.yaml", tmp / "config.yaml")
-    shutil.rmtree(ckpt, ignore_errors=True)
-    os.rename(tmp, ckpt)
-    marker = run_dir / "checkpoints" / "latest"
-    marker.with_suffix(".tmp").write_text(ckpt.name)
-    os.replace(marker.with_suffix(".tmp"), marker)
-    return ckpt
-
-
 def run(cfg: TrainPPOJob, args: argparse.Namespace) -> int:
     try:
         train(cfg, resume=bool(getattr(args, "resume", False)))
@@ -154,84 +92,128 @@ def run(cfg: TrainPPOJob, args: argparse.Namespace) -> int:
 
 def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     """The loop; returns the metrics rows of the steps it ran."""
-    from tqdm import tqdm
-
     from ..cluster import init_ray
-    from ..data import read_prompts, text_of
+    from ..data import read_prompts
+    from ..learner.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
+    from ..learner.metrics import MetricsWriter
     from ..learner.ppo import AdaptiveKLController
-    from ..learner.ppo_learner import PPOLearnerGroup
     from ..models import load_tokenizer, resolve_model_path
+    from ..reward import build_reward_source
     from ..rollout import RolloutPool
     from ..sync import WeightSync
 
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     prompts = read_prompts(cfg.prompts)
     if not prompts:
         raise ValueError(f"{cfg.prompts}: no prompts")
     ppo = cfg.ppo
     kl_ctl = AdaptiveKLController(ppo.kl_coef, ppo.target_kl, ppo.kl_horizon)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = latest_checkpoint(cfg.run_dir) if resume else None
     if resume and ckpt is None:
-        log.warning("--resume: no checkpoint in %s, starting from step 0", run_dir)
-    start = json.loads((ckpt / "driver_state.json").read_text())["step"] if ckpt else 0
+        log.warning("--resume: no checkpoint in %s, starting from step 0", cfg.run_dir)
+    extra = read_trainer_state(ckpt) if ckpt else None
+    start = extra["step"] if extra else 0
 
     init_ray(cfg.ray)
     model_path = resolve_model_path(cfg.policy)
     pad_id = load_tokenizer(model_path).pad_token_id
-    reward_fn = make_reward(cfg)
-    pool = learner = None
+    pool = learners = reward = None
     try:
+        reward = build_reward_source(cfg.reward, cfg.ray)
         pool = RolloutPool(model_path, cfg.rollout, cfg.learner.seed, cfg.policy.dtype, cfg.ray.placement_strategy)
-        learner = PPOLearnerGroup(model_path, cfg.policy, cfg.learner, ppo, cfg.sampling.temperature,
-                                               cfg.ray.placement_strategy)
+        learners = PPOLearners(cfg, model_path)
         sync = WeightSync(pool, cfg.sync)
         if ckpt:
-            learner.load(str(ckpt))
-            kl_ctl.load_state_dict(json.loads((ckpt / "driver_state.json").read_text())["kl_ctl"])
-            sync.push(learner.state_for_sync(), version=start)
+            learners.load(ckpt)
+            kl_ctl.load_state_dict(extra["kl_ctl"])
+            sync.push(learners.policy.state_for_sync(), version=start)
             log.info("resumed from %s at step %d", ckpt, start)
-        metrics = Metrics(run_dir, keep_until=start if ckpt else None)
         rows = []
-        bar = tqdm(range(start, ppo.steps), initial=start, total=ppo.steps, desc="train-ppo", unit="step")
-        for step in bar:
-            row = ppo_step(step, cfg, prompts, pool, learner, sync, reward_fn, kl_ctl, pad_id, text_of)
-            timer = row.pop("_timer")
-            if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == ppo.steps:
-                with timer("checkpoint"):
-                    save_checkpoint(run_dir, learner, step + 1, kl_ctl)
-            row.update({f"time_{k}": v for k, v in timer.t.items()})
-            row["time_step"] = time.perf_counter() - row.pop("_t0")
-            row["tokens_per_s"] = row["response_tokens_mean"] * row["samples"] / row["time_step"]
-            row["driver_overhead_fraction"] = max(0.0, 1 - sum(timer.t.values()) / row["time_step"])
-            metrics.write(row)
-            rows.append(row)
-            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.3f}")
-        metrics.close()
+        with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics:
+            for step in range(start, ppo.steps):
+                row = ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id)
+                timer = row.pop("_timer")
+                if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == ppo.steps:
+                    with timer("checkpoint"):
+                        learners.save(cfg.run_dir, step + 1, {"data_cursor": step + 1, "kl_ctl": kl_ctl.state_dict(),
+                                                              "metrics_rows": metrics.rows + 1}, save_checkpoint)
+                row.update({f"time_{k}": v for k, v in timer.t.items()})
+                row["time_step"] = time.perf_counter() - row.pop("_t0")
+                row["tokens_per_s"] = row["response_tokens_mean"] * row["samples"] / row["time_step"]
+                row["driver_overhead_fraction"] = max(0.0, 1 - sum(timer.t.values()) / row["time_step"])
+                metrics.log(step + 1, row, prefix="ppo")
+                rows.append({"step": step + 1, **row})
         return rows
     finally:
-        if learner is not None:
-            learner.shutdown()
-        if pool is not None:
-            pool.shutdown()
+        for part in (learners, pool):
+            if part is not None:
+                part.shutdown()
+        if reward is not None:
+            reward.close()
 
 
-def make_reward(cfg: TrainPPOJob):
-    """scores(prompts, responses) -> list[float] for the configured reward source."""
-    src = cfg.reward
-    if src.source == "function":
-        if not src.function:
-            raise ValueError("reward.function: required for reward.source=function (module:function)")
-        fn = load_function(src.function)
-        return lambda prompts, responses: [float(fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
-    raise NotImplementedError(f"reward.source={src.source}: needs the RewardScorer (rlaif_ray.reward)")
+class PPOLearners:
+    """The policy group (with a value head, or plus a separate critic group) and the reference."""
+
+    def __init__(self, cfg: TrainPPOJob, model_path: str):
+        from ..learner.critic import SeparateCritic
+        from ..learner.group import LearnerGroup
+        from ..learner.ppo_objective import PPOObjective, ValueObjective
+
+        obj = PPOObjective(cfg.ppo, cfg.sampling.temperature)
+        self.policy = LearnerGroup(cfg.learner, cfg.policy, {"ppo": obj}, wrap=obj.wrap_model,
+                                   model_path=model_path, name="policy", strategy=cfg.ray.placement_strategy)
+        self.policy.set_reference("initial")
+        self.critic = None
+        if cfg.ppo.critic == "separate":
+            self.critic = LearnerGroup(cfg.learner, cfg.policy, {"ppo_value": ValueObjective(cfg.ppo)},
+                                       model_kind=SeparateCritic.from_pretrained,
+                                       model_path=cfg.ppo.critic_path or model_path, name="critic",
+                                       strategy=cfg.ray.placement_strategy)
+
+    def forward(self, batch: dict) -> dict:
+        out = self.policy.forward("ppo", batch)
+        out["ref_logprobs"] = self.policy.forward("ppo", batch, model="reference")["logprobs"]
+        if self.critic is not None:
+            out["values"] = self.critic.forward("ppo_value", batch)["values"]
+        return out
+
+    def train_step(self, batch: dict) -> dict:
+        stats = self.policy.train_step("ppo", batch)
+        if self.critic is not None:
+            critic = self.critic.train_step("ppo_value", batch)
+            stats.update({f"critic_{k}": critic[k] for k in ("vf_loss", "value_error", "vf_clip_frac", "grad_norm")})
+        return stats
+
+    def save(self, run_dir: str, step: int, extra: dict, save_checkpoint) -> None:
+        import os
+
+        path = save_checkpoint(self.policy, run_dir, step, extra)
+        if self.critic is not None:
+            self.critic.save(os.path.join(path, "critic"), extra)
+
+    def load(self, path: str) -> None:
+        import os
+
+        self.policy.load(path)
+        if self.critic is not None:
+            self.critic.load(os.path.join(path, "critic"))
+
+    def shutdown(self) -> None:
+        for g in (self.policy, self.critic):
+            if g is not None:
+                g.shutdown()
 
 
-def ppo_step(step, cfg, prompts, pool, learner, sync, reward_fn, kl_ctl, pad_id, text_of) -> dict:
+NOT_AVERAGED = ("lr", "step_time_s", "tokens", "tokens_per_s")  # per-call bookkeeping of LearnerGroup.train_step
+
+
+def ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id) -> dict:
     """One iteration; returns its metrics row (with the phase timer)."""
     import torch
 
+    from ..data import text_of
     from ..learner import ppo as P
+    from ..learner.group import NonFiniteLossError
 
     t0, timer, ppo = time.perf_counter(), Timer(), cfg.ppo
     idx = prompt_indices(len(prompts), ppo.prompts_per_step, step, cfg.learner.seed)
@@ -249,7 +231,7 @@ def ppo_step(step, cfg, prompts, pool, learner, sync, reward_fn, kl_ctl, pad_id,
     if not samples:
         raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
     with timer("score"):
-        raw = torch.tensor(reward_fn(texts, [s.text for s in samples]), dtype=torch.float32)
+        raw = torch.tensor(reward(texts, [s.text for s in samples]), dtype=torch.float32)
     bad = [i for i, v in zip(ids, raw.tolist(), strict=True) if not math.isfinite(v)]
     if bad:
         raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
@@ -257,10 +239,10 @@ def ppo_step(step, cfg, prompts, pool, learner, sync, reward_fn, kl_ctl, pad_id,
     with timer("train"):
         batch = build_batch(samples, pad_id)
         mask = batch["response_mask"]
-        fwd = learner.forward(batch)
+        fwd = learners.forward(batch)
         kl = P.kl_penalty(fwd["logprobs"], fwd["ref_logprobs"], ppo.kl_estimator) * mask
         scores = P.scale_rewards(raw, ppo.reward_scale, ppo.reward_clip)
-        values = fwd.get("values", torch.zeros_like(mask)) * mask
+        values = fwd["values"] * mask
         adv, ret = P.gae(P.token_rewards(scores, kl, mask, kl_ctl.value), values, mask, ppo.gamma, ppo.lam)
         if ppo.whiten_advantages:
             adv = P.masked_whiten(adv, mask)
@@ -277,21 +259,22 @@ def ppo_step(step, cfg, prompts, pool, learner, sync, reward_fn, kl_ctl, pad_id,
             perm = torch.randperm(n, generator=gen)
             for k in range(ppo.minibatches):
                 sel = perm[k * per:(k + 1) * per]
-                stats = learner.train_step({key: v[sel] for key, v in batch.items()})
-                if not math.isfinite(stats["loss"]):
-                    raise NonFiniteError(f"step {step + 1} epoch {epoch} minibatch {k}: non-finite loss on learner "
-                                         f"rank {stats.get('nonfinite_rank')} for samples "
-                                         f"{[ids[i] for i in sel.tolist()]}; stopping, the last checkpoint is kept")
+                mb_ids = [ids[i] for i in sel.tolist()]
+                try:
+                    stats = learners.train_step({**{key: v[sel] for key, v in batch.items()}, "ids": mb_ids})
+                except NonFiniteLossError:
+                    raise NonFiniteError(f"step {step + 1} epoch {epoch} minibatch {k}: non-finite loss for "
+                                         f"samples {mb_ids}; stopping, the last checkpoint is kept") from None
                 updates.append(stats)
     with timer("sync"):
-        report = sync.push(learner.state_for_sync(), version=step + 1)
+        report = sync.push(learners.policy.state_for_sync(), version=step + 1)
     tokens = int(mask.sum())
     seq_kl = (kl.sum(1)).mean().item()
-    row = {"step": step + 1, "reward_mean": raw.mean().item(), "reward_std": raw.std(unbiased=False).item(),
+    row = {"reward_mean": raw.mean().item(), "reward_std": raw.std(unbiased=False).item(),
            "kl": seq_kl, "kl_coef": kl_ctl.value, "entropy": P.masked_mean(fwd["entropy"], mask).item(),
            "response_tokens_mean": tokens / n, "samples": n,
            "rollout_logprob_diff": (P.masked_mean((engine_lp - fwd["logprobs"]).abs(), mask)).item(),
-           **{k: sum(u[k] for u in updates) / len(updates) for k in updates[0] if k != "nonfinite_rank"},
+           **{k: sum(u[k] for u in updates) / len(updates) for k in updates[0] if k not in NOT_AVERAGED},
            "tokens_per_s_generate": tokens / max(timer.t["generate"], 1e-9),
            "tokens_per_s_train": tokens * ppo.ppo_epochs / max(timer.t["train"], 1e-9),
            "sync_verified": report.verified, "sync_max_abs_diff": report.max_abs_diff,
