@@ -74,3 +74,24 @@ def test_toy_rewards():
     assert letter_fraction("p", "ab12") == 0.5 and letter_fraction("p", "") == 0.0
     assert target_word_fraction("p", "The cat the") == pytest.approx(2 / 3)
     assert length_fraction("p", "x" * 32) == 0.5
+
+
+def test_prompt_schedule_is_a_function_of_the_step_and_covers_every_prompt():
+    from rlaif_ray.algos.train_ppo import prompt_indices
+
+    first_pass = [i for step in range(4) for i in prompt_indices(10, 5, step, seed=3)][:10]
+    assert sorted(first_pass) == list(range(10))  # one pass visits each prompt once
+    assert prompt_indices(10, 5, 7, seed=3) == prompt_indices(10, 5, 7, seed=3)
+    assert prompt_indices(10, 5, 0, seed=3) != prompt_indices(10, 5, 0, seed=4)
+
+
+def test_build_batch_masks_response_tokens_in_sequence_coordinates():
+    from rlaif_ray.algos.train_ppo import build_batch
+    from rlaif_ray.rollout import Sample
+
+    samples = [Sample([7, 8], "", [0.0, 0.0], "length", prompt_token_ids=[1, 2, 3]),
+               Sample([9], "", [0.0], "stop", prompt_token_ids=[4])]
+    b = build_batch(samples, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 7, 8], [4, 9, 0, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert b["response_mask"].tolist() == [[0, 0, 1, 1], [1, 0, 0, 0]]

@@ -44,10 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def prompt_indices(n_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
     """The prompts of `step`: a fresh seeded shuffle per pass over the data, so any step's batch is known
     without replaying the ones before it (the data cursor is the step number)."""
-    out = []
+    out, perms = [], {}
     for g in range(step * per_step, (step + 1) * per_step):
         epoch, pos = divmod(g, n_prompts)
-        out.append(random.Random(seed * 1_000_003 + epoch).sample(range(n_prompts), n_prompts)[pos])
+        if epoch not in perms:
+            perms[epoch] = random.Random(seed * 1_000_003 + epoch).sample(range(n_prompts), n_prompts)
+        out.append(perms[epoch][pos])
     return out
 
 
