@@ -131,7 +131,7 @@ def test_both_order_soft_labels_equal_the_fake_probabilities(fake, tmp_path):
 FAULTS = [
     {"kind": "429", "retry_after": 3600},  # capped by retry_after_cap_s
     {"kind": "529"}, {"kind": "500"}, {"kind": "slow", "delay": 0.3},
-    {"kind": "timeout", "delay": 2.0}, {"kind": "malformed"}, {"kind": "reset"},
+    {"kind": "timeout", "delay": 6.0}, {"kind": "malformed"}, {"kind": "reset"},
 ]
 
 
@@ -139,7 +139,8 @@ FAULTS = [
 def test_every_fault_class_is_retried_and_paid_once(fake, kind):
     n = len(FAULTS)
     fake.faults = [{**f, "range": (i / n, (i + 1) / n)} for i, f in enumerate(FAULTS)]
-    retry = RetryConfig(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, retry_after_cap_s=0.1, timeout_s=1.0)
+    # timeout_s sits well below the injected 6 s hang and well above a normal call on a busy machine.
+    retry = RetryConfig(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, retry_after_cap_s=0.1, timeout_s=3.0)
     j = _judge(fake, kind, retry=retry)
     tasks = [Task(f"p{i}", "q", f"resp {i}", f"other {i}") for i in range(40)]
     verdicts = _many(j, tasks)
@@ -148,7 +149,7 @@ def test_every_fault_class_is_retried_and_paid_once(fake, kind):
     seen = {k.removeprefix("fault-") for k in stats["requests"] if k.startswith("fault-")}
     assert seen == {f["kind"] for f in FAULTS}, stats
     assert stats["billable"] == 40 and stats["repaid"] == 0
-    assert max(v.attempts for v in verdicts) == 2
+    assert min(v.attempts for v in verdicts) == 1 and max(v.attempts for v in verdicts) >= 2
 
 
 def test_persistent_failure_is_stored_as_failed_and_retried_next_run(fake, tmp_path):

@@ -43,6 +43,7 @@ def _check(backend, tiny_model_dir):
     asyncio.run(judge.close())
 
 
+@pytest.mark.slow
 def test_local_judge_transformers_backend(tiny_model_dir):
     _check("hf", tiny_model_dir)
 
