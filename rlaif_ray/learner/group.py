@@ -5,13 +5,17 @@
     metrics = group.train_step("dpo", batch)            # one optimizer step on the whole batch
     state = group.state_for_sync()                      # HF-named full weights (ZeRO-3 gathered, LoRA merged)
     group.save(dir, extra); extra = group.load(dir)     # HF safetensors + DeepSpeed/optimizer + RNG
-    group.shutdown()
+    group.set_reference(path | "initial" | None)        # frozen reference; forward(..., model="reference")
+    group.set_lr(lr); group.shutdown()
 
 A batch is a dict of tensors with rows on dim 0, plus optional lists (e.g. "ids"); the group splits
 it evenly across ranks. An objective is a small picklable object with `loss(model, batch) ->
-(loss, stats)` and `forward(model, batch) -> dict` (and optionally `wrap_model(module)`), see
-`objectives.py`. Every remote call has `LearnerConfig.timeout_s`; a dead or stuck rank raises
-`LearnerError` naming the actor instead of hanging.
+(loss, stats)` and `forward(model, batch) -> dict`, see `objectives.py`. `loss` gets the DeepSpeed
+engine (call it like the module; `objectives.unwrap(model)` is the module itself), `forward` the module.
+Constructor options: `model_kind` "causal_lm" | "reward" | a callable(path, torch_dtype) -> module;
+`wrap(module) -> module` applied after LoRA, before DeepSpeed (e.g. PPO's value head).
+Every remote call has `LearnerConfig.timeout_s`; a dead or stuck rank raises `LearnerError` naming
+the actor instead of hanging.
 """
 
 from __future__ import annotations
@@ -171,7 +175,9 @@ class LearnerActor:
         self.engine.train()
         sums: dict[str, float] = {}
         for mb in micro:
-            loss, stats = obj.loss(self.engine.module, mb)  # hooks live on the module
+            # The engine, not engine.module: its forward arms ZeRO's backward hooks (without them ZeRO-3
+            # drops all but the last micro-batch's gradients). Objectives use `objectives.unwrap` for attributes.
+            loss, stats = obj.loss(self.engine, mb)
             # Every rank must agree before backward: one rank skipping it would hang the others' reduces.
             finite = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0])
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -302,7 +308,12 @@ class LearnerGroup:
         Returns row-weighted means of the objective's stats, grad_norm, lr, tokens/s, step_time_s."""
         t0 = time.perf_counter()
         shards = split_batch(batch, len(self.actors), self.cfg.grad_accum)
-        per_rank = self._call("train_step", [(objective, s) for s in shards])
+        try:
+            per_rank = self._call("train_step", [(objective, s) for s in shards])
+        except NonFiniteLossError as e:  # name the whole batch, not one rank's shard
+            ids = list(batch.get("ids", []))
+            raise NonFiniteLossError(f"train_step {objective}: non-finite loss, no step taken; batch ids={ids} "
+                                     f"({e})", ids) from None
         total = sum(r["rows"] for r in per_rank)
         out = {k: sum(r[k] * r["rows"] for r in per_rank) / total for k in per_rank[0] if k != "rows"}
         out["grad_norm"], out["lr"] = per_rank[0]["grad_norm"], per_rank[0]["lr"]

@@ -4,7 +4,8 @@ An objective is a small picklable object (the LearnerGroup ships it to every ran
     name: str
     loss(model, batch) -> (loss tensor, {stat: scalar tensor})   # with grad, inside train_step
     forward(model, batch) -> {output: tensor with rows on dim 0}  # no grad
-    wrap_model(module) -> module                                  # optional, before DeepSpeed
+In `loss`, `model` is the DeepSpeed engine: call it like the module (its forward arms ZeRO's gradient
+hooks); `unwrap(model)` gives the module for isinstance checks and attributes.
 
 Preference batch (RM and DPO), built by `collate_preferences`, rows on dim 0:
     input_ids, attention_mask, loss_mask   [B, 2, L]  slot 0 = chosen / response a, slot 1 = rejected / b
@@ -19,6 +20,11 @@ from __future__ import annotations
 import torch
 
 from . import losses
+
+
+def unwrap(model):
+    """The module inside a DeepSpeed engine (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 def _messages(value, role: str) -> list[dict]:
