@@ -22,6 +22,7 @@ import torch
 from ..config.jobs import PPOConfig
 from . import ppo
 from .critic import PolicyWithValueHead
+from .objectives import unwrap
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,8 @@ class PPOObjective:
         return PolicyWithValueHead(lm) if self.cfg.critic == "value_head" else lm
 
     def _run(self, model, batch):
-        if isinstance(model, PolicyWithValueHead):
+        # `model` may be a DeepSpeed engine (its forward arms the ZeRO hooks): type checks on the module
+        if isinstance(unwrap(model), PolicyWithValueHead):
             logits, values = model(batch["input_ids"], batch["attention_mask"])
             values = values[:, :-1]
         else:
