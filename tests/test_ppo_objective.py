@@ -64,7 +64,7 @@ def test_separate_critic_round_trip(tiny_model_dir, tmp_path):
     loss.backward()
     torch.optim.SGD(critic.parameters(), lr=0.1).step()
     assert obj.forward(critic, batch)["values"].abs().max() > 0
-    critic.save_pretrained(str(tmp_path))
+    critic.save_pretrained(str(tmp_path), state_dict=critic.state_dict())
     again = SeparateCritic.from_pretrained(str(tmp_path))
     assert torch.allclose(again(batch["input_ids"], batch["attention_mask"]),
                           critic(batch["input_ids"], batch["attention_mask"]), atol=1e-6)

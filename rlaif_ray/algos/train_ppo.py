@@ -167,7 +167,8 @@ class PPOLearners:
         self.policy.set_reference("initial")
         self.critic = None
         if cfg.ppo.critic == "separate":
-            self.critic = LearnerGroup(cfg.learner, cfg.policy, {"ppo_value": ValueObjective(cfg.ppo)},
+            full = replace(cfg.policy, lora=replace(cfg.policy.lora, enabled=False))  # LoRA targets causal LMs
+            self.critic = LearnerGroup(cfg.learner, full, {"ppo_value": ValueObjective(cfg.ppo)},
                                        model_kind=SeparateCritic.from_pretrained,
                                        model_path=cfg.ppo.critic_path or model_path, name="critic",
                                        strategy=cfg.ray.placement_strategy)

@@ -96,6 +96,13 @@ class SeparateCritic(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         return self.value_head(out.last_hidden_state)
 
-    def save_pretrained(self, directory: str) -> None:
-        self.backbone.save_pretrained(directory, safe_serialization=True)
+    def save_pretrained(self, directory: str, state_dict: dict | None = None, safe_serialization: bool = True) -> None:
+        """Backbone as an HF model + the head; `state_dict` (this module's names, e.g. gathered by a
+        learner) overrides the live weights."""
+        backbone = None
+        if state_dict is not None:
+            backbone = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+            self.value_head.load_state_dict({k.removeprefix("value_head."): v for k, v in state_dict.items()
+                                             if k.startswith("value_head.")})
+        self.backbone.save_pretrained(directory, state_dict=backbone, safe_serialization=safe_serialization)
         self.value_head.save(directory)
