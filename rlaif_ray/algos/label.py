@@ -45,6 +45,7 @@ def run(cfg: LabelJob, args) -> int:
     from ..data import read_pairs, write_rows
     from ..feedback import LabelStore, config_hash, consolidate, judge_id, tasks_for
     from ..feedback.labels import cost_of
+    from ..feedback.store import key_of
 
     for noisy in ("httpx", "httpx2"):  # one INFO line per request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -57,7 +58,7 @@ def run(cfg: LabelJob, args) -> int:
     store.refresh()
     all_tasks = tasks_for(pairs, jcfg)
     todo = [t for t in all_tasks if not store.done(t.pair_id, chash, t.order, t.sample)]
-    stored_before = {id(r) for r in store.records(chash)}
+    stored_before = {(key_of(r), r["t"]) for r in store.records(chash)}
     log.info("%d pairs, %d judge calls, %d already stored, %d to run (judge %s, config %s)",
              len(pairs), len(all_tasks), len(all_tasks) - len(todo), len(todo), jid, chash)
     progress = _Progress(len(todo), store, chash, len(all_tasks) - len(todo))
@@ -94,7 +95,7 @@ def run(cfg: LabelJob, args) -> int:
     rows, stats = consolidate(pairs, store, jcfg, chash, jid)
     output = Path(cfg.output or run_dir / "preferences.jsonl")
     write_rows(output, rows)
-    new_records = [r for r in store.records(chash) if id(r) not in stored_before]
+    new_records = [r for r in store.records(chash) if (key_of(r), r["t"]) not in stored_before]
     summary = {"output": str(output), "judge": jid, "judge_config_hash": chash, "interrupted": interrupted,
                "calls_total": len(all_tasks), "calls_run": len(todo), "seconds": round(seconds, 3),
                "calls_per_s": round(len(new_records) / seconds, 3) if seconds > 0 else None,
