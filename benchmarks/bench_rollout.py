@@ -87,6 +87,9 @@ def run(args) -> int:
             "weight_bytes": weight_bytes, "memory_bandwidth_gbs": round(bandwidth, 2),
             "roofline_tokens_per_s": round(len(prompts) * bandwidth * 1e9 / weight_bytes, 1),
         })
+        if args.json_path:  # after every model: a slow second model must not lose the first's figures
+            with open(args.json_path, "w") as f:
+                json.dump({**results[-1], "runs": results}, f, indent=2)
     print(f"{'params':>12} {'vLLM tok/s':>11} {'HF tok/s':>9} {'speedup':>8} {'start s':>8} "
           f"{'weights MB':>11} {'roofline tok/s':>15}")
     for r in results:
@@ -95,10 +98,6 @@ def run(args) -> int:
               f"{r['roofline_tokens_per_s']:>15,.0f}")
     print(f"decode roofline: each step reads all weights; measured copy bandwidth {bandwidth:.1f} GB/s, "
           f"batch {len(prompts)} -> at most batch x bandwidth / weight bytes tokens/s")
-    report = {**results[-1], "runs": results}
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(report, f, indent=2)
     return 0
 
 
