@@ -59,7 +59,7 @@ def test_job_level_check():
 def test_overrides_apply_over_yaml_and_coerce(tmp_path):
     path = tmp_path / "ppo.yaml"
     path.write_text("ppo:\n  steps: 3\nlearner:\n  lr: 0.001\n")
-    cfg = load(TrainPPOJob, path, ["ppo.steps=7", "learner.lr=1", 'sampling.stop=["\\n", END]',
+    cfg = load(TrainPPOJob, path, ["prompts=p.jsonl", "ppo.steps=7", "learner.lr=1", 'sampling.stop=["\\n", END]',
                                    "policy.lora.enabled=true", "ray.num_cpus=4"])
     assert cfg.ppo.steps == 7
     assert cfg.learner.lr == 1.0 and isinstance(cfg.learner.lr, float)  # int -> float is lossless
@@ -71,21 +71,21 @@ def test_overrides_apply_over_yaml_and_coerce(tmp_path):
 
 def test_override_text_for_string_fields_stays_text():
     # YAML would read these as int / bool / float; a string field takes the text as typed.
-    cfg = load(TrainPPOJob, None, ["run_dir=2024", "policy.path=no", "policy.tokenizer=1.50", "sync.verify=3",
+    cfg = load(TrainPPOJob, None, ["prompts=p.jsonl", "run_dir=2024", "policy.path=no", "policy.tokenizer=1.50", "sync.verify=3",
                                    "reward.rm_path=null"])
     assert (cfg.run_dir, cfg.policy.path, cfg.policy.tokenizer, cfg.sync.verify) == ("2024", "no", "1.50", "3")
     assert cfg.reward.rm_path is None
     with pytest.raises(ConfigError, match="learner.lr: NaN is not allowed"):
-        load(TrainPPOJob, None, ["learner.lr=.nan"])
+        load(TrainPPOJob, None, ["prompts=p.jsonl", "learner.lr=.nan"])
     with pytest.raises(ConfigError, match="sampling.stop: expected a list, got str '\\[unclosed'"):
-        load(TrainPPOJob, None, ["sampling.stop=[unclosed"])
+        load(TrainPPOJob, None, ["prompts=p.jsonl", "sampling.stop=[unclosed"])
 
 
 def test_optional_section_is_built_when_set():
-    assert load(TrainPPOJob).reward.rm_path is None
+    assert load(TrainPPOJob, None, ["prompts=p.jsonl"]).reward.rm_path is None
     from rlaif_ray.config import GeneratePairsJob
 
-    cfg = load(GeneratePairsJob, None, ["policy_b.path=other", "policy_b.dtype=bf16"])
+    cfg = load(GeneratePairsJob, None, ["prompts=p.jsonl", "policy_b.path=other", "policy_b.dtype=bf16"])
     assert isinstance(cfg.policy_b, ModelConfig)
     assert (cfg.policy_b.path, cfg.policy_b.dtype, cfg.policy_b.lora.r) == ("other", "bf16", 16)
 
@@ -180,3 +180,11 @@ def test_cli_runs_the_job_and_saves_the_effective_config(cli_job, tmp_path, caps
 def test_cli_config_error_exits_2(cli_job, capsys):
     assert cli.main([cli_job, "learner.zero_stage=9"]) == 2
     assert "learner.zero_stage: 9 is above the maximum 3" in capsys.readouterr().err
+
+
+def test_partial_section_override_keeps_the_parents_default_instance():
+    from rlaif_ray.config import DemoJob, load
+
+    cfg = load(DemoJob, overrides=["judge.model=tiny", "rm_learner.dtype=fp32"])
+    assert cfg.judge.kind == "local" and cfg.judge.model == "tiny"  # DemoJob's judge, not JudgeConfig()'s
+    assert cfg.rm_learner.lr == 2e-4 and cfg.rm_learner.dtype == "fp32"

@@ -27,7 +27,6 @@ from ..config import (
     GeneratePairsJob,
     LabelJob,
     RewardConfig,
-    SamplingConfig,
     TrainDPOJob,
     TrainPPOJob,
     TrainRMJob,

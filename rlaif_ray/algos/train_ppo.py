@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -131,10 +132,14 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
             log.info("resumed from %s at step %d", ckpt, start)
         rows = []
         with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics:
+            t_loop = time.perf_counter()
             for step in range(start, ppo.steps):
                 row = ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id)
                 timer = row.pop("_timer")
-                if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == ppo.steps:
+                # A wall-clock budget ends the run after the step that crosses it, checkpointed like the last.
+                last = step + 1 == ppo.steps or (
+                    ppo.max_minutes is not None and (time.perf_counter() - t_loop) / 60 >= ppo.max_minutes)
+                if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last:
                     with timer("checkpoint"):
                         learners.save(cfg.run_dir, step + 1, {"data_cursor": step + 1, "kl_ctl": kl_ctl.state_dict(),
                                                               "metrics_rows": metrics.rows + 1}, save_checkpoint)
@@ -144,6 +149,13 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
                 row["driver_overhead_fraction"] = max(0.0, 1 - sum(timer.t.values()) / row["time_step"])
                 metrics.log(step + 1, row, prefix="ppo")
                 rows.append({"step": step + 1, **row})
+                if last:
+                    if step + 1 < ppo.steps:
+                        log.info("ppo.max_minutes=%s reached after step %d of %d", ppo.max_minutes, step + 1, ppo.steps)
+                    break
+        final = os.path.join(cfg.run_dir, "final")  # merged HF model: what eval and vLLM load
+        learners.policy.save(final, {"step": start + len(rows)}, hf_only=True)
+        log.info("policy written to %s", final)
         return rows
     finally:
         for part in (learners, pool):

@@ -124,6 +124,8 @@ class RewardConfig:
 @dataclass
 class PPOConfig:
     steps: int = field_(20, "PPO iterations (rollout -> reward -> update -> sync)", ge=1)
+    max_minutes: float | None = field_(None, "wall-clock budget of the loop: stop (checkpointed) after the "
+                                       "step that crosses it (None: run all steps)", gt=0)
     prompts_per_step: int = field_(16, "prompts sampled per iteration", ge=1)
     ppo_epochs: int = field_(1, "passes over each rollout batch", ge=1)
     minibatches: int = field_(1, "minibatches per pass", ge=1)

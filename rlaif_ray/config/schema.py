@@ -151,7 +151,14 @@ def _build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     for name, f in fields.items():
         where = f"{path}.{name}" if path else name
         if name in data:
-            value = _coerce(data[name], hints[name], where)
+            raw = data[name]
+            if isinstance(raw, dict) and f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+                if dataclasses.is_dataclass(default):
+                    # A partial section overrides this field's own default instance (e.g. the demo's
+                    # judge kind=local), not the section class's defaults.
+                    raw = _merge(dataclasses.asdict(default), raw)
+            value = _coerce(raw, hints[name], where)
         elif dataclasses.is_dataclass(hints[name]) and f.default_factory is not dataclasses.MISSING:
             value = f.default_factory()
         else:
@@ -169,6 +176,13 @@ def _build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
         except ConfigError as e:
             raise ConfigError(f"{path}.{e}" if path else str(e)) from None
     return obj
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
