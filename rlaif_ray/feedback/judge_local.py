@@ -5,6 +5,7 @@ Pointwise scores are the expected value over the digit tokens 1-9."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 from typing import Any
 
@@ -28,6 +29,9 @@ class LocalJudge(Judge):
         self.rubric = load_rubric(cfg.rubric)
         self.engine = None
         self._lock = asyncio.Lock()
+        # One OS thread builds and drives the engine: OpenMP thread counts are per thread, and vLLM's CPU
+        # attention fails ("thread_num 1 vs 2") when a call runs on another thread than the one it was set on.
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-judge")
 
     def model_path(self) -> str:
         from ..models import resolve_model_path
@@ -55,14 +59,17 @@ class LocalJudge(Judge):
         return [{"role": "system", "content": score_system(self.rubric, False)},
                 {"role": "user", "content": score_user(prompt, response)}]
 
+    async def _on_engine_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
     async def _logprobs(self, prompts: list, candidates: list[str]) -> list[dict[str, float]]:
         async with self._lock:  # one engine, one call at a time
             if self.engine is None:
-                self.engine = await asyncio.to_thread(self._build)
+                self.engine = await self._on_engine_thread(self._build)
             out: list[dict[str, float]] = []
             step = self.cfg.local_batch_size
             for i in range(0, len(prompts), step):
-                out += await asyncio.to_thread(self.engine.next_token_logprobs, prompts[i:i + step], candidates)
+                out += await self._on_engine_thread(self.engine.next_token_logprobs, prompts[i:i + step], candidates)
             return out
 
     async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
