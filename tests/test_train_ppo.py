@@ -47,7 +47,8 @@ def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, 
         assert all(math.isfinite(r[key]) for r in rows), key
     final = Path(latest_checkpoint(str(tmp_path / "full")))
     assert final.name == "step-0000006"
-    assert (final / "model.safetensors").exists() and (final / "value_head.safetensors").exists()
+    assert (final / "model.safetensors").exists() and (final / "value_head" / "model.safetensors").exists()
+    assert [p.name for p in final.glob("*.safetensors")] == ["model.safetensors"]  # vLLM loads them all
 
     # NaN reward at step 5: stop with the ids, keep the step-3 checkpoint
     crash, real, batches = tmp_path / "crash", reward_pkg.build_reward_source, []

@@ -2,7 +2,7 @@
 
 A checkpoint directory holds:
     config.json, model.safetensors, tokenizer files  HF `save_pretrained` (LoRA merged) -> loads anywhere
-    value_head.safetensors                           when the module has a value head (PPO)
+    value_head/model.safetensors                     when the module has a value head (PPO)
     deepspeed/state/...                              engine + optimizer state per rank (exact resume)
     deepspeed/rng_rank{r}.pt                         torch / python / numpy RNG per rank
     trainer_state.json                               the driver's data cursor, step, metrics (written last)

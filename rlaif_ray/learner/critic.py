@@ -8,7 +8,7 @@ the state "prompt + tokens ≤ t", i.e. it is aligned with the logits that predi
     critic = SeparateCritic.from_pretrained(path)   # PPOConfig.critic = "separate"
     values = critic(input_ids, attention_mask)
 
-The value head is saved beside the HF weights as `value_head.safetensors`; the policy's own
+The value head is saved beside the HF weights as `value_head/model.safetensors`; the policy's own
 `state_dict` names stay HF names (`lm.` stripped by `policy_state_dict`) so weight sync and
 `save_pretrained` see a plain causal LM.
 """
@@ -20,7 +20,8 @@ import os
 import torch
 from torch import nn
 
-VALUE_HEAD_FILE = "value_head.safetensors"
+# In a subdirectory: vLLM loads every *.safetensors beside config.json and rejects unknown tensors.
+VALUE_HEAD_FILE = os.path.join("value_head", "model.safetensors")
 
 
 class ValueHead(nn.Module):
@@ -38,8 +39,9 @@ class ValueHead(nn.Module):
     def save(self, directory: str) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  os.path.join(directory, VALUE_HEAD_FILE))
+        path = os.path.join(directory, VALUE_HEAD_FILE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, path)
 
     def load(self, directory: str) -> bool:
         """Load a saved head if `directory` has one; returns whether it did."""
