@@ -23,7 +23,7 @@ def test_eval_job_end_to_end(ray_session, tiny_model_dir, tmp_path, capsys):
     cfg = load(EvalJob, None, [
         f"prompts={DEMO_PROMPTS / 'heldout.jsonl'}", f"max_prompts={N}", f"run_dir={tmp_path}",
         f"policies.base={tiny_model_dir}", f"policies.other={other}", f"policies.copy={tiny_model_dir}",
-        "kl_reference=base", "bootstrap=200", "examples=2",
+        "kl_reference=base", f"reward_model={tiny_model_dir}", "bootstrap=200", "examples=2",
         "rollout.in_process=true", "rollout.max_model_len=256", "sampling.max_new_tokens=16",
         "pool.num_actors=1", "pool.judge.kind=function",
         "pool.judge.function=rlaif_ray.eval.rule_judge:prefer_helpful"])
@@ -45,6 +45,8 @@ def test_eval_job_end_to_end(ray_session, tiny_model_dir, tmp_path, capsys):
     assert not res["position_bias"]["biased"] and res["position_bias"]["n_verdicts"] == 2 * 3 * N
     assert res["kl"]["copy"]["mean"] == pytest.approx(0.0, abs=1e-3) and abs(res["kl"]["other"]["mean"]) > 1e-3
     assert res["similarity"]["base"]["n"] == N and -1 <= res["similarity"]["base"]["mean"] <= 1
+    # the RM (a tiny backbone with an untrained score head) scores identical answers identically
+    assert res["reward"]["copy"]["n"] == N and res["reward"]["copy"]["mean"] == pytest.approx(res["reward"]["base"]["mean"])
 
     comparisons = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
     assert len(comparisons) == 3 * N and {c["outcome"] for c in comparisons} <= {0.0, 0.5, 1.0}

@@ -70,16 +70,16 @@ def test_ties_split_and_soft_rate():
 
 def test_position_biased_judge_flagged_unbiased_not():
     consistent = position_bias(judge(400, 0.6, seed=4))  # both orders always agree: exactly 0.5
-    assert not consistent.biased and consistent.first_rate == 0.5 and consistent.consistency == 1.0
+    assert not consistent.biased and consistent.first_position_rate == 0.5 and consistent.consistency == 1.0
     fair = position_bias(judge(400, 0.6, seed=4, noise=0.4))  # noisy but not position-biased
     assert not fair.biased and fair.ci[0] < 0.5 < fair.ci[1] and fair.consistency < 0.9
     biased = position_bias(judge(400, 0.6, seed=5, first_bias=0.3))
     assert biased.biased and biased.ci[0] > 0.5
-    assert 0.6 < biased.first_rate < 0.7  # 0.5 + 0.3 / 2 expected
+    assert 0.6 < biased.first_position_rate < 0.7  # 0.5 + 0.3 / 2 expected
     assert biased.consistency < 0.8
     # a judge that always picks the first answer: every comparison is a tie, first rate 1
     always = judge(50, 0.7, seed=6, first_bias=1.0)
-    assert position_bias(always).first_rate == 1.0 and win_rate(always).ties == 50
+    assert position_bias(always).first_position_rate == 1.0 and win_rate(always).ties == 50
 
 
 def test_one_order_with_random_positions():
@@ -131,6 +131,8 @@ def test_summarise_report_and_examples():
     sims = {m: np.random.default_rng(i).uniform(0.2, 0.8, 60) for i, m in enumerate(models)}
     res = summarise(models, "base", cs, similarity=sims, n_boot=500)
     assert [(r["x"], r["y"]) for r in res["win_rates"]] == [("dpo", "base"), ("ppo", "base")]
+    row = res["vs_baseline"][0]
+    assert row["policy"] == "dpo" and row["ci_low"] <= row["win_rate"] == res["win_rates"][0]["win_rate"] <= row["ci_high"]
     assert res["matrix"][1][0] + res["matrix"][0][1] == pytest.approx(1.0) and res["matrix"][1][2] is None
     assert {t["x"] for t in res["similarity_tests"]} == {"dpo", "ppo"}
     text = format_report(res)

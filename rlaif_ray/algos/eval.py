@@ -29,6 +29,8 @@ def resolve_policy(spec: str, dtype: str) -> str:
     from ..models import resolve_model_path
 
     path = resolve_model_path(ModelConfig(path=spec, dtype=dtype))
+    if (Path(path) / "final" / "config.json").exists():  # a finished training run
+        return str(Path(path) / "final")
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         ckpt = latest_checkpoint(path)
         if ckpt is None:
@@ -218,6 +220,29 @@ def similarity_to_references(cfg: EvalJob, prompts, answers) -> dict | None:
     return out
 
 
+def reward_scores(cfg: EvalJob, prompts, answers) -> dict | None:
+    """{policy: [RM score or nan per prompt]} from one RewardScorer actor (None without reward_model)."""
+    import numpy as np
+    import ray
+
+    from ..reward import RewardScorer
+
+    if not cfg.reward_model:
+        return None
+    scorer = ray.remote(RewardScorer).options(num_cpus=1).remote(resolve_policy(cfg.reward_model, "fp32"))
+    out = {}
+    try:
+        for name, ans in answers.items():
+            idx = [i for i, a in enumerate(ans) if a is not None]
+            scores = np.full(len(ans), np.nan)
+            scores[idx] = ray.get(scorer.score.remote([prompts[i].prompt for i in idx], [ans[i] for i in idx]),
+                                  timeout=cfg.rollout.timeout_s)
+            out[name] = scores
+    finally:
+        ray.kill(scorer)
+    return out
+
+
 def evaluate(cfg: EvalJob) -> dict:
     """The whole eval; returns the results dict also written to run_dir/results.json."""
     import numpy as np
@@ -246,9 +271,13 @@ def evaluate(cfg: EvalJob) -> dict:
     t0 = time.perf_counter()
     sims = similarity_to_references(cfg, prompts, answers)
     times["similarity"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rewards = reward_scores(cfg, prompts, answers)
+    if rewards is not None:
+        times["reward"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    res = summarise(models, cfg.baseline, comparisons, similarity=sims,
+    res = summarise(models, cfg.baseline, comparisons, similarity=sims, reward=rewards,
                     kl={m: np.asarray(v, dtype=float) for m, v in kl.items()} or None,
                     n_boot=cfg.bootstrap, seed=cfg.seed)
     res["answer_length_tokens"] = {m: float(np.mean([len(s.token_ids) for s in samples[m] if s is not None] or [0]))
@@ -289,7 +318,7 @@ def _log_metrics(run_dir: Path, res: dict) -> None:
     rows = [{"metric": f"win_rate/{r['x']}_vs_{r['y']}", "value": r["win_rate"], "ci": r["ci"]}
             for r in res["win_rates"]]
     rows += [{"metric": f"seconds/{k}", "value": v} for k, v in res["seconds"].items()]
-    rows.append({"metric": "judge/first_position_rate", "value": res["position_bias"]["first_rate"]})
+    rows.append({"metric": "judge/first_position_rate", "value": res["position_bias"]["first_position_rate"]})
     write_rows(run_dir / "metrics.jsonl", rows)
     try:
         from torch.utils.tensorboard import SummaryWriter

@@ -67,6 +67,9 @@ def summarise(models: list[str], baseline: str | None, comparisons: list[Compari
         "scores": normalised_scores(comparisons, models),
         "position_bias": position_bias(comparisons, n_boot, seed).to_dict(),
     }
+    if baseline is not None:  # flat rows for tables: each policy against the baseline
+        res["vs_baseline"] = [{"policy": r.x, "win_rate": r.win_rate, "ci_low": r.ci[0], "ci_high": r.ci[1],
+                               "n": r.n, "sign_test_p": r.sign_test_p} for r in rates]
     for name, values in (("similarity", similarity), ("reward", reward), ("kl", kl)):
         if values:
             res[name] = per_model_summary(values, n_boot, seed)
@@ -123,7 +126,7 @@ def format_report(res: dict) -> str:
     for m, s in sorted(res["scores"].items(), key=lambda kv: -kv[1]["elo"]):
         lines.append(f"  {m:<16} {s['elo']:>8.1f}  (expected win rate vs average {s['expected_win_rate']:.3f})")
     pb = res["position_bias"]
-    lines += ["", f"Judge position bias: prefers the first-shown answer in {pb['first_rate']:.3f} of "
+    lines += ["", f"Judge position bias: prefers the first-shown answer in {pb['first_position_rate']:.3f} of "
               f"{pb['n_verdicts']} verdicts, 95% CI {_ci(pb['ci'])} -> "
               + ("BIASED (CI excludes 0.5)" if pb["biased"] else "no significant bias")
               + f"; both orders agree in {pb['consistency']:.3f} of {pb['n_both_orders']} doubly-judged pairs"]

@@ -194,7 +194,7 @@ class PositionBias:
     """How often the judge prefers whichever answer it saw first (0.5 = no bias)."""
 
     n_verdicts: int
-    first_rate: float
+    first_position_rate: float
     ci: tuple[float, float]
     biased: bool  # the CI excludes 0.5
     consistency: float  # share of doubly-judged comparisons where both orders pick the same answer
@@ -223,7 +223,7 @@ def position_bias(comparisons: list[Comparison], n_boot: int = 2000, seed: int =
 
     ci = bootstrap_ci(r, n_boot, seed, level, stat=ratio)
     return PositionBias(
-        n_verdicts=int(r[:, 1].sum()), first_rate=float(ratio(r, 0)), ci=ci,
+        n_verdicts=int(r[:, 1].sum()), first_position_rate=float(ratio(r, 0)), ci=ci,
         biased=bool(ci[0] > 0.5 or ci[1] < 0.5),
         consistency=float(np.mean(both)) if both else math.nan, n_both_orders=len(both),
     )
