@@ -13,14 +13,15 @@ from .retry import describe
 from .types import ScoreResult, Task, Verdict
 
 
-def load_function(spec: str, field: str):
+def load_function(spec: str, key: str):
+    """Import `module:function` named by config key `key` (judges and rewards); errors name the key."""
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
-        raise ValueError(f"judge.{field}: {spec!r} is not 'module:function'")
+        raise ValueError(f"{key}: {spec!r} is not 'module:function'")
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"judge.{field}: cannot load {spec!r}: {e}") from None
+        raise ValueError(f"{key}: cannot load {spec!r}: {e}") from None
 
 
 class FunctionJudge(Judge):
@@ -28,8 +29,8 @@ class FunctionJudge(Judge):
 
     def __init__(self, cfg: JudgeConfig):
         super().__init__(cfg)
-        self.pair_fn = load_function(cfg.function, "function") if cfg.function else None
-        self.score_fn = load_function(cfg.score_function, "score_function") if cfg.score_function else None
+        self.pair_fn = load_function(cfg.function, "judge.function") if cfg.function else None
+        self.score_fn = load_function(cfg.score_function, "judge.score_function") if cfg.score_function else None
 
     async def judge(self, task: Task) -> Verdict:
         if self.pair_fn is None:

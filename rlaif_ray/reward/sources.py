@@ -12,26 +12,16 @@ A failed judge call is NaN, never a default score: the PPO driver stops naming t
 
 from __future__ import annotations
 
-import importlib
 import math
 
 from ..config import FeedbackPoolConfig, RayConfig
 from ..config.jobs import RewardConfig
-
-
-def load_function(spec: str):
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"reward.function: {spec!r} is not 'module:function'")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward.function: cannot load {spec!r}: {e}") from None
+from ..feedback.judge_function import load_function
 
 
 class FunctionReward:
     def __init__(self, spec: str):
-        self.fn = load_function(spec)
+        self.fn = load_function(spec, "reward.function")
 
     def __call__(self, prompts: list, responses: list) -> list[float]:
         return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
