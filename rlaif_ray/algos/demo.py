@@ -20,6 +20,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..assets import DEMO_PROMPTS
 from ..config import (
     DemoJob,
     EvalJob,
@@ -35,7 +36,6 @@ from ..config import (
 
 CONFIG = DemoJob
 log = logging.getLogger(__name__)
-PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "prompts"
 
 
 class StageFailed(RuntimeError):
@@ -95,7 +95,7 @@ def run(cfg: DemoJob, args) -> int:
     try:
         pairs_dir = st.dir(1, "generate-pairs")
         st.run("generate-pairs", GeneratePairsJob(
-            prompts=str(PROMPTS / "train.jsonl"), run_dir=str(pairs_dir), output=str(pairs_dir / "pairs.jsonl"),
+            prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(pairs_dir), output=str(pairs_dir / "pairs.jsonl"),
             policy=policy, max_prompts=cfg.pair_prompts, rollout=cfg.rollout, sampling=gen_sampling,
             ray=cfg.ray), pairs_dir / "pairs.jsonl")
 
@@ -111,7 +111,7 @@ def run(cfg: DemoJob, args) -> int:
         ppo_dir = st.dir(4, "train-ppo")
         ppo = dataclasses.replace(cfg.ppo, max_minutes=_remaining_min(st, cfg, share=0.5))
         st.run("train-ppo", TrainPPOJob(
-            prompts=str(PROMPTS / "train.jsonl"), run_dir=str(ppo_dir), policy=policy,
+            prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(ppo_dir), policy=policy,
             reward=RewardConfig(source="rm", rm_path=str(rm_dir / "final")), ppo=ppo, rollout=cfg.rollout,
             sampling=dataclasses.replace(cfg.sampling, n=1), learner=cfg.learner, sync=cfg.sync, ray=cfg.ray),
             ppo_dir / "final" / "config.json")
@@ -123,7 +123,7 @@ def run(cfg: DemoJob, args) -> int:
 
         eval_dir = st.dir(6, "eval")
         st.run("eval", EvalJob(
-            prompts=str(PROMPTS / "heldout.jsonl"), run_dir=str(eval_dir), max_prompts=cfg.eval_prompts,
+            prompts=str(DEMO_PROMPTS / "heldout.jsonl"), run_dir=str(eval_dir), max_prompts=cfg.eval_prompts,
             policies={"start": policy.path, "ppo": str(ppo_dir / "final"), "dpo": str(dpo_dir / "final")},
             baseline="start", dtype=policy.dtype, pool=pool, rollout=cfg.rollout, sampling=eval_sampling,
             seed=cfg.seed, ray=cfg.ray), eval_dir / "results.json")

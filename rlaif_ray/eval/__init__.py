@@ -1,7 +1,6 @@
 """Evaluation: statistics of pairwise judgements, similarity to references, plots and the report."""
 
-from pathlib import Path
-
+from ..assets import DEMO_PROMPTS
 from .report import format_examples, format_report, model_pairs, select_examples, summarise
 from .stats import (
                     Comparison,
@@ -15,9 +14,6 @@ from .stats import (
                     win_rate,
                     win_rate_matrix,
 )
-
-# The demo's prompt set: train.jsonl (prompts) and heldout.jsonl (prompts + reference answers).
-DEMO_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "prompts"
 
 __all__ = ["DEMO_PROMPTS", "Comparison", "PositionBias", "WinRate", "bootstrap_ci", "format_examples", "format_report",
            "model_pairs", "normalised_scores", "paired_bootstrap_pvalue", "position_bias", "select_examples",
