@@ -27,7 +27,7 @@ def run(cfg: TrainDPOJob, args) -> int:
 
     from ..cluster import init_ray
     from ..data import read_preferences, split_by_id
-    from ..learner.checkpoint import latest_checkpoint, save_checkpoint
+    from ..learner.checkpoint import export_final, latest_checkpoint, save_checkpoint
     from ..learner.group import LearnerGroup, NonFiniteLossError, epoch_batches
     from ..learner.metrics import MetricsWriter
     from ..learner.objectives import DPOObjective, encode_preferences, pad_preferences
@@ -91,8 +91,7 @@ def run(cfg: TrainDPOJob, args) -> int:
                                     prefix=f"val/{name}")
                 save_checkpoint(group, cfg.run_dir, step, {"stage": si + 1, "epoch": 0, "batch": 0,
                                                            "metrics_rows": metrics.rows})
-            final = os.path.join(cfg.run_dir, "final")
-            group.save(final, {"step": step, "stages": [s.name for s in cfg.stages]}, hf_only=True)
+            final = export_final(group, cfg.run_dir, {"step": step, "stages": [s.name for s in cfg.stages]})
             log.info("policy written to %s", final)
     except NonFiniteLossError as e:
         log.error("stopped: %s; the last good checkpoint is %s", e, latest_checkpoint(cfg.run_dir))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -97,7 +96,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     """The loop; returns the metrics rows of the steps it ran."""
     from ..cluster import init_ray
     from ..data import read_prompts
-    from ..learner.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
+    from ..learner.checkpoint import export_final, latest_checkpoint, read_trainer_state, save_checkpoint
     from ..learner.metrics import MetricsWriter
     from ..learner.ppo import AdaptiveKLController
     from ..models import load_tokenizer, resolve_model_path
@@ -153,9 +152,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
                     if step + 1 < ppo.steps:
                         log.info("ppo.max_minutes=%s reached after step %d of %d", ppo.max_minutes, step + 1, ppo.steps)
                     break
-        final = os.path.join(cfg.run_dir, "final")  # merged HF model: what eval and vLLM load
-        learners.policy.save(final, {"step": start + len(rows)}, hf_only=True)
-        log.info("policy written to %s", final)
+        log.info("policy written to %s", export_final(learners.policy, cfg.run_dir, {"step": start + len(rows)}))
         return rows
     finally:
         for part in (learners, pool):

@@ -10,7 +10,6 @@ The model is exported to <run_dir>/final (HF safetensors, loads with `load_rewar
 from __future__ import annotations
 
 import logging
-import os
 
 from ..config.jobs import TrainRMJob
 
@@ -25,7 +24,7 @@ def add_arguments(parser) -> None:
 def run(cfg: TrainRMJob, args) -> int:
     from ..cluster import init_ray
     from ..data import read_preferences, split_by_id
-    from ..learner.checkpoint import latest_checkpoint, save_checkpoint
+    from ..learner.checkpoint import export_final, latest_checkpoint, save_checkpoint
     from ..learner.group import LearnerGroup, NonFiniteLossError, epoch_batches
     from ..learner.metrics import MetricsWriter
     from ..learner.objectives import RMObjective, encode_preferences, pad_preferences
@@ -73,9 +72,7 @@ def run(cfg: TrainRMJob, args) -> int:
                         log.info("epoch %d %s accuracy %.3f on %d pairs", epoch, split, acc, len(encoded))
                 save_checkpoint(group, cfg.run_dir, step, {"epoch": epoch + 1, "batch": 0,
                                                            "metrics_rows": metrics.rows})
-            final = os.path.join(cfg.run_dir, "final")
-            group.save(final, {"step": step}, hf_only=True)
-            log.info("reward model written to %s", final)
+            log.info("reward model written to %s", export_final(group, cfg.run_dir, {"step": step}))
     except NonFiniteLossError as e:
         log.error("stopped: %s; the last good checkpoint is %s", e, latest_checkpoint(cfg.run_dir))
         return 1

@@ -130,6 +130,14 @@ def save_checkpoint(group, run_dir: str, step: int, extra: dict, keep: int = 2) 
     return path
 
 
+def export_final(group, run_dir: str, extra: dict) -> str:
+    """The trained model as a plain HF dir `<run_dir>/final` (LoRA merged, no optimizer state): what
+    eval, the RewardScorer and vLLM load."""
+    final = os.path.join(run_dir, "final")
+    group.save(final, extra, hf_only=True)
+    return final
+
+
 def latest_checkpoint(run_dir: str) -> str | None:
     """The newest complete checkpoint under `run_dir/checkpoints` (None when there is none)."""
     root = Path(run_dir) / "checkpoints"
