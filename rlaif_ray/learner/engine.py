@@ -1,5 +1,6 @@
 """One learner rank's torch.distributed group and DeepSpeed engine, built from a `LearnerConfig`.
 
+    store = serve_rendezvous(cfg)                      # rank 0; others get (addr, store.port)
     init_process_group(rank, world, addr, port, cfg)   # gloo on CPU, NCCL with GPUs
     engine = build_engine(module, cfg, world)          # deepspeed.initialize with ZeRO 0-3
 
@@ -21,8 +22,18 @@ def check_precision(cfg: LearnerConfig) -> None:
         raise ConfigError("learner.dtype: fp16 training is refused by DeepSpeed on CPU; use bf16 or fp32")
 
 
-def init_process_group(rank: int, world: int, addr: str, port: int, cfg: LearnerConfig) -> None:
-    """Join the group and make DeepSpeed's comm layer adopt it (no second rendezvous)."""
+def serve_rendezvous(cfg: LearnerConfig):
+    """Rank 0's TCPStore on a port the kernel picks as it binds. Probing a free port and binding it later
+    is a race: another process can take the port in between, and the group then hangs in rendezvous."""
+    import torch.distributed as dist
+
+    return dist.TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
+                         timeout=datetime.timedelta(seconds=cfg.timeout_s))
+
+
+def init_process_group(rank: int, world: int, addr: str, port: int, cfg: LearnerConfig, store=None) -> None:
+    """Join the group through rank 0's store (`store` on rank 0 itself) and make DeepSpeed's comm layer
+    adopt it (no second rendezvous)."""
     import torch.distributed as dist
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0" if cfg.gpus_per_rank else str(rank),
@@ -32,8 +43,9 @@ def init_process_group(rank: int, world: int, addr: str, port: int, cfg: Learner
         os.environ["LOCAL_RANK"] = "0"
     backend = "nccl" if cfg.gpus_per_rank > 0 else "gloo"
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
-    dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
-                            timeout=timeout)
+    if store is None:
+        store = dist.TCPStore(addr, port, world, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     import deepspeed
     import deepspeed.ops
 

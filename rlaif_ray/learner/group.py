@@ -89,16 +89,16 @@ class LearnerActor:
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.rank, self.world, self.cfg, self.model_cfg = rank, world, cfg, model_cfg
         self.objectives, self.model_kind, self.wrap = objectives, model_kind, wrap
-        self.engine = self.reference = None
+        self.engine = self.reference = self._store = None  # _store: rank 0's rendezvous (see address)
 
     def address(self) -> tuple[str, int]:
-        import socket
-
+        """Rank 0 opens the group's rendezvous store now, so its port is bound before anyone is told it."""
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return ray.util.get_node_ip_address(), s.getsockname()[1]
+        from .engine import serve_rendezvous
+
+        self._store = serve_rendezvous(self.cfg)
+        return ray.util.get_node_ip_address(), self._store.port
 
     def setup(self, addr: str, port: int, model_path: str) -> int:
         """Join the process group, load the model and wrap it in DeepSpeed; returns trainable params."""
@@ -106,7 +106,7 @@ class LearnerActor:
 
         from .engine import build_engine, init_process_group
 
-        init_process_group(self.rank, self.world, addr, port, self.cfg)
+        init_process_group(self.rank, self.world, addr, port, self.cfg, store=self._store)
         torch.manual_seed(self.cfg.seed)  # same init of any new head on every rank
         module = self._load(model_path, trainable=True)
         if self.cfg.grad_checkpointing:
