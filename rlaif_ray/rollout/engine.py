@@ -129,6 +129,10 @@ class VLLMEngine(_Tokenizing):
             kwargs["distributed_executor_backend"] = "ray"  # workers go into the caller's placement group
         if cfg.gpus_per_worker > 0:  # NCCL weight sync from the learner (rlaif_ray.sync.nccl)
             kwargs["weight_transfer_config"] = {"backend": "nccl"}
+        else:
+            # A chunked prefill rewinds the seeded request's generator, which CPU generators cannot do
+            # ('CPU Generator does not use offset'): whole prefills keep per-prompt seeds working.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, cfg.max_model_len))
         self.llm = LLM(model=model_path, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
                        max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, seed=seed,
                        logprobs_mode="processed_logprobs", max_logprobs=64,
