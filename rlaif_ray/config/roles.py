@@ -128,7 +128,10 @@ class RolloutConfig:
 class SyncConfig:
     verify: str = field_("every", "check engine logprobs against the learner after a sync: "
                          "'every', 'never' or an integer N (every N syncs)")
-    tolerance: float = field_(1e-3, "max |logprob difference| on the probe sequence", gt=0)
+    tolerance: float | None = field_(
+        None, "max |logprob difference| on the probe sequence (None: 1e-3 for fp32 engines, 0.5 for bf16/fp16, "
+        "whose rounding alone moves a logprob by ~0.1: a 16-bit check catches wrong or broken weights, "
+        "not a copy one small step stale)", gt=0)
     timeout_s: float = field_(600.0, "timeout of every sync RPC/collective", gt=0)
     bucket_mb: int = field_(256, "parameter bucket size for streamed (NCCL) sync", ge=1)
 

@@ -34,7 +34,7 @@ class RolloutPool:
                  strategy: str = "PACK", name: str = "rollout"):
         import ray
 
-        self.cfg, self.model_path = cfg, model_path
+        self.cfg, self.model_path, self.dtype = cfg, model_path, dtype
         self.stats = {"prompts": 0, "truncated": 0, "rejected": 0}
         t0 = time.perf_counter()
         gpu_tp = cfg.tensor_parallel_size > 1 and cfg.gpus_per_worker > 0
