@@ -221,7 +221,7 @@ class DemoJob:
     rm_epochs: int = field_(2, "reward-model epochs", ge=1)
     learner: LearnerConfig = field_(LearnerConfig(lr=5e-5, dtype="bf16", micro_batch_size=4, max_length=256),
                                     "learner group of train-ppo and train-dpo")
-    ppo: PPOConfig = field_(PPOConfig(steps=12, prompts_per_step=16), "PPO; steps are also capped by the budget")
+    ppo: PPOConfig = field_(PPOConfig(steps=8, prompts_per_step=16), "PPO; steps are also capped by the budget")
     dpo: DPOStage = field_(DPOStage(name="ai", epochs=1, lr=5e-5, beta=0.1, loss="sigmoid", soft_labels=True),
                            "the DPO stage on the AI preferences (its data is filled in by the demo)")
     sync: SyncConfig = field_(SyncConfig(), "weight sync of train-ppo")
