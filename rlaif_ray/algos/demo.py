@@ -157,16 +157,20 @@ def summary_table(st: Stages, label_dir: Path, rm_dir: Path, eval_dir: Path) -> 
     cost = label.get("cost_cumulative", {})
     lines.append(f"labels: {label.get('labeled')} pairs labeled by {label.get('judge')}, "
                  f"{label.get('unlabeled')} unlabeled, cost ${cost.get('cost_usd', 0.0):.4f}, "
-                 f"position consistency {label.get('position_consistency')}")
+                 f"position consistency {_fmt(label.get('position_consistency'))}")
     bias = results.get("position_bias") or {}
     if bias:
-        lines.append(f"eval judge first-position rate {bias.get('first_position_rate')}"
+        lines.append(f"eval judge first-position rate {_fmt(bias.get('first_position_rate'))}"
                      f"{' (BIASED)' if bias.get('biased') else ''}")
     lines += ["", "time per stage:"] + [f"  {k:<16}{v / 60:6.1f} min" for k, v in st.times.items()]
     lines.append(f"  {'total':<16}{st.elapsed() / 60:6.1f} min")
     lines += ["", "files:", f"  report   {eval_dir / 'report.txt'}", f"  results  {eval_dir / 'results.json'}",
               f"  plots    {eval_dir / 'plots'}", f"  runs     {st.root}"]
     return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _last_metric(path: Path, key: str):
