@@ -1,13 +1,17 @@
 """train-dpo end to end: two chained stages (AI soft labels -> human, reference = previous policy);
-a run interrupted after a checkpoint and resumed with --resume reproduces the uninterrupted metrics."""
+a driver killed with SIGKILL after a checkpoint and resumed with --resume reproduces the uninterrupted
+metrics."""
 
 import argparse
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks.bench_learner import synthetic_preferences
 from rlaif_ray.config.jobs import TrainDPOJob
-from rlaif_ray.config.schema import from_dict
+from rlaif_ray.config.schema import from_dict, save
 from rlaif_ray.data import write_rows
 
 VOLATILE = ("time", "step_time_s", "tokens_per_s")
@@ -26,14 +30,29 @@ def _config(tmp_path, run_dir):
                     "max_length": 64, "timeout_s": 300}})
 
 
+# The driver process kills itself with SIGKILL as it is about to log step 3 (between the checkpoints at
+# steps 2 and 4): no finally block, atexit hook or flush runs, as when a node or a user kills it.
+KILLED_AT_STEP_3 = """
+import os, signal, sys
+from rlaif_ray import cli
+from rlaif_ray.learner import metrics
+real = metrics.MetricsWriter.log
+def log(self, step, values, prefix="train"):
+    if step == 3 and prefix.startswith("train"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, step, values, prefix)
+metrics.MetricsWriter.log = log
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 def _comparable(rows):
     return [{k: v for k, v in r.items() if k.split("/")[-1] not in VOLATILE} for r in rows]
 
 
 @pytest.mark.slow
-def test_dpo_stages_and_resume_reproduce_metrics(ray_session, tiny_model_dir, tmp_path, monkeypatch):
+def test_dpo_stages_and_kill_resume_reproduce_metrics(ray_session, tiny_model_dir, tmp_path):
     from rlaif_ray.algos import train_dpo
-    from rlaif_ray.learner import metrics as metrics_mod
     from rlaif_ray.learner.checkpoint import latest_checkpoint
     from rlaif_ray.learner.metrics import read_metrics
 
@@ -51,18 +70,11 @@ def test_dpo_stages_and_resume_reproduce_metrics(ray_session, tiny_model_dir, tm
     assert human[0]["train/human/loss"] == pytest.approx(0.6931472, abs=1e-4)
     assert (tmp_path / "a" / "final" / "model.safetensors").exists()
 
-    # Run b dies after its 3rd step (between the checkpoints at steps 2 and 4), then resumes.
-    real_log = metrics_mod.MetricsWriter.log
-
-    def dying_log(self, step, values, prefix="train"):
-        if step == 3 and prefix.startswith("train"):
-            raise KeyboardInterrupt("simulated kill")
-        return real_log(self, step, values, prefix)
-
-    monkeypatch.setattr(metrics_mod.MetricsWriter, "log", dying_log)
-    with pytest.raises(KeyboardInterrupt):
-        train_dpo.run(_config(tmp_path, tmp_path / "b"), argparse.Namespace(resume=False))
-    monkeypatch.setattr(metrics_mod.MetricsWriter, "log", real_log)
+    # Run b: a driver process of its own, attached to this session's Ray, killed after its 3rd step.
+    config_file = save(_config(tmp_path, tmp_path / "b"), tmp_path / "b-config")
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP_3, "train-dpo", "--config", str(config_file),
+                             f"ray.address={ray_session.get_runtime_context().gcs_address}"], timeout=600)
+    assert killed.returncode == -signal.SIGKILL
     assert latest_checkpoint(str(tmp_path / "b")).endswith("step-0000002")
     assert train_dpo.run(_config(tmp_path, tmp_path / "b"), argparse.Namespace(resume=True)) == 0
     resumed = read_metrics(tmp_path / "b")
