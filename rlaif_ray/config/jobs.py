@@ -211,7 +211,7 @@ class DemoJob:
                                 "AI judge for labels and eval (local = a vLLM engine inside the pool)")
     time_budget_min: float = field_(15.0, "wall-clock budget; PPO gets half of what is left after train-rm, "
                                     "the rest is for DPO and eval", gt=0)
-    pair_prompts: int = field_(96, "training prompts sampled into pairs by generate-pairs", ge=4)
+    pair_prompts: int = field_(64, "training prompts sampled into pairs by generate-pairs", ge=4)
     eval_prompts: int = field_(48, "held-out prompts in the final evaluation", ge=4)
     sampling: SamplingConfig = field_(SamplingConfig(temperature=1.0, max_new_tokens=48),
                                       "generation for pairs and PPO (eval is greedy)")
@@ -221,7 +221,7 @@ class DemoJob:
     rm_epochs: int = field_(2, "reward-model epochs", ge=1)
     learner: LearnerConfig = field_(LearnerConfig(lr=5e-5, dtype="bf16", micro_batch_size=4, max_length=256),
                                     "learner group of train-ppo and train-dpo")
-    ppo: PPOConfig = field_(PPOConfig(steps=8, prompts_per_step=16), "PPO; steps are also capped by the budget")
+    ppo: PPOConfig = field_(PPOConfig(steps=5, prompts_per_step=16), "PPO; steps are also capped by the budget")
     dpo: DPOStage = field_(DPOStage(name="ai", epochs=1, lr=5e-5, beta=0.1, loss="sigmoid", soft_labels=True),
                            "the DPO stage on the AI preferences (its data is filled in by the demo)")
     sync: SyncConfig = field_(SyncConfig(), "weight sync of train-ppo")
