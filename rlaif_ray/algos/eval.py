@@ -56,7 +56,7 @@ def generate_answers(cfg: EvalJob, prompts, run_dir: Path) -> tuple[dict[str, li
     samples: dict[str, list] = {}
     own_lp: dict[str, list] = {}
     kl: dict[str, list] = {}
-    pool, pool_key = None, None
+    pool, sync, pool_key = None, None, None
     try:
         for version, name in enumerate(tqdm(names, desc="generate", unit="policy"), start=1):
             path = resolve_policy(cfg.policies[name], cfg.dtype)
@@ -74,12 +74,12 @@ def generate_answers(cfg: EvalJob, prompts, run_dir: Path) -> tuple[dict[str, li
                 continue
             key = _engine_key(path)
             if pool is not None and key == pool_key:
-                WeightSync(pool, SyncConfig(verify="never")).push(path, version)
+                sync.push(path, version)
             else:
                 if pool is not None:
                     pool.shutdown()
                 pool = RolloutPool(path, cfg.rollout, seed=cfg.seed, dtype=cfg.dtype, name=f"eval-{name}")
-                pool_key = key
+                sync, pool_key = WeightSync(pool, SyncConfig(verify="never")), key
             if name not in samples:
                 samples[name] = [s[0] if s else None for s in pool.generate([p.prompt for p in prompts], cfg.sampling)]
             seq_lp = pool.workers[0].sequence_logprobs  # raw log-probs under this pool's model
