@@ -4,9 +4,9 @@ Both train the same tiny Llama on the same synthetic preference pairs with the s
 after the other in this run, on the same cores: TRL as a single process with a thread per core, ours
 as a 2-rank DeepSpeed ZeRO-2 group on gloo with a thread per rank (`ratio`, the group as deployed: a
 rank per core) and as a 1-rank group with every core's thread (`ours_1rank_tokens_per_s`,
-`ratio_1rank`: small ops parallelise better over processes than over threads). Reported: tokens/s of each (sequence tokens of chosen + rejected, all steps after a
-warm-up), and |loss difference| at every step against TRL (same weights, same batches: the DPO losses
-must agree).
+`ratio_1rank`). Reported: tokens/s of each (sequence tokens of chosen + rejected, all steps after a
+warm-up), and |loss difference| at every step against TRL (same weights, same batches: the DPO
+losses must agree).
 
 PPO part (helper D2): see `ppo_split` below; it adds one PPO iteration's time split and
 `driver_overhead_fraction` to the same JSON.

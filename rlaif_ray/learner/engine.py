@@ -1,7 +1,7 @@
 """One learner rank's torch.distributed group and DeepSpeed engine, built from a `LearnerConfig`.
 
-    store = serve_rendezvous(cfg)                      # rank 0; others get (addr, store.port)
-    init_process_group(rank, world, addr, port, cfg)   # gloo on CPU, NCCL with GPUs
+    store = serve_rendezvous(cfg)                      # rank 0, before the others hear (addr, store.port)
+    init_process_group(rank, world, addr, port, cfg, store=store if rank == 0 else None)  # gloo / NCCL
     engine = build_engine(module, cfg, world)          # deepspeed.initialize with ZeRO 0-3
 
 Only this module knows DeepSpeed's config format. Torch AdamW is the default optimizer: DeepSpeed's
