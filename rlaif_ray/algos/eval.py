@@ -74,7 +74,7 @@ def generate_answers(cfg: EvalJob, prompts, run_dir: Path) -> tuple[dict[str, li
                 continue
             key = _engine_key(path)
             if pool is not None and key == pool_key:
-                sync.push(path, version)
+                sync.load_dir(path, version)
             else:
                 if pool is not None:
                     pool.shutdown()

@@ -123,11 +123,11 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
         reward = build_reward_source(cfg.reward, cfg.ray)
         pool = RolloutPool(model_path, cfg.rollout, cfg.learner.seed, cfg.policy.dtype, cfg.ray.placement_strategy)
         learners = PPOLearners(cfg, model_path)
-        sync = WeightSync(pool, cfg.sync)
+        sync = WeightSync(pool, cfg.sync, learners.policy)
         if ckpt:
             learners.load(ckpt)
             kl_ctl.load_state_dict(extra["kl_ctl"])
-            sync.push(learners.policy.state_for_sync(), version=start)
+            sync.push(version=start)
             log.info("resumed from %s at step %d", ckpt, start)
         rows = []
         with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics:
@@ -279,7 +279,7 @@ def ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id) -
                                          f"samples {mb_ids}; stopping, the last checkpoint is kept") from None
                 updates.append(stats)
     with timer("sync"):
-        report = sync.push(learners.policy.state_for_sync(), version=step + 1)
+        report = sync.push(version=step + 1)
     tokens = int(mask.sum())
     seq_kl = (kl.sum(1)).mean().item()
     row = {"reward_mean": raw.mean().item(), "reward_std": raw.std(unbiased=False).item(),

@@ -29,29 +29,39 @@ def _is_peft(module) -> bool:
     return hasattr(module, "peft_config")
 
 
-def full_state(module, zero3: bool, rank: int) -> dict | None:
-    """HF-named full weights on rank 0 (None on other ranks, which must still call it under ZeRO-3:
-    every rank gathers the same parameters in the same order). LoRA adapters are merged (exact, fp32)."""
+def iter_full_state(module, zero3: bool, rank: int):
+    """HF-named full weights, one (name, tensor) at a time, on rank 0 (nothing on other ranks, which must
+    still iterate under ZeRO-3: every rank gathers the same parameters in the same order). LoRA adapters
+    are merged (exact, fp32). A tensor is only valid until the next one is asked for (a ZeRO-3 parameter
+    is released again): copy it, do not keep it."""
     from ..models.lora import merged_state_dict
 
     target = _hf_target(module)
     if not zero3:
-        return {k: v.detach().cpu().clone() for k, v in merged_state_dict(target).items()} if rank == 0 else None
+        if rank == 0:
+            yield from merged_state_dict(target).items()
+        return
     from deepspeed import zero
 
     if _is_peft(target):  # the merge needs A, B and W at once: gather the whole model
         with zero.GatheredParameters(list(target.parameters()), modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in merged_state_dict(target).items()} if rank == 0 else None
+            if rank == 0:
+                yield from merged_state_dict(target).items()
+        return
     params = dict(target.named_parameters(remove_duplicate=False))
-    out: dict = {}
     for key, tensor in target.state_dict().items():  # one parameter at a time keeps peak memory low
         if key in params:
             with zero.GatheredParameters([params[key]], modifier_rank=None):
                 if rank == 0:
-                    out[key] = params[key].detach().cpu().clone()
+                    yield key, params[key].detach()
         elif rank == 0:
-            out[key] = tensor.detach().cpu().clone()
-    return out if rank == 0 else None
+            yield key, tensor.detach()
+
+
+def full_state(module, zero3: bool, rank: int) -> dict | None:
+    """`iter_full_state` as a dict of CPU copies on rank 0 (None on other ranks)."""
+    state = {k: v.cpu().clone() for k, v in iter_full_state(module, zero3, rank)}
+    return state if rank == 0 else None
 
 
 def save_rank(engine, directory: str, rank: int, zero3: bool, tokenizer_path: str | None,

@@ -25,10 +25,9 @@ def check_precision(cfg: LearnerConfig) -> None:
 def serve_rendezvous(cfg: LearnerConfig):
     """Rank 0's TCPStore on a port the kernel picks as it binds. Probing a free port and binding it later
     is a race: another process can take the port in between, and the group then hangs in rendezvous."""
-    import torch.distributed as dist
+    from ..sync.transfer import serve_store
 
-    return dist.TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
-                         timeout=datetime.timedelta(seconds=cfg.timeout_s))
+    return serve_store(cfg.timeout_s)
 
 
 def init_process_group(rank: int, world: int, addr: str, port: int, cfg: LearnerConfig, store=None) -> None:

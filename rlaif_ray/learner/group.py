@@ -90,6 +90,7 @@ class LearnerActor:
         self.rank, self.world, self.cfg, self.model_cfg = rank, world, cfg, model_cfg
         self.objectives, self.model_kind, self.wrap = objectives, model_kind, wrap
         self.engine = self.reference = self._store = None  # _store: rank 0's rendezvous (see address)
+        self._transfer_store = self._transfer = None  # rank 0's weight-transfer group (see open_transfer)
 
     def address(self) -> tuple[str, int]:
         """Rank 0 opens the group's rendezvous store now, so its port is bound before anyone is told it."""
@@ -195,19 +196,54 @@ class LearnerActor:
         sums["lr"] = self.engine.optimizer.param_groups[0]["lr"]
         return {"rows": n, **sums}
 
-    def state_for_sync(self, path: str | None = None):
-        """HF-named full weights on rank 0 (None elsewhere); every rank must call (ZeRO-3 gathers).
-        With `path` rank 0 writes one safetensors file there and returns the path."""
+    def state_for_sync(self):
+        """HF-named full weights on rank 0 (None elsewhere); every rank must call (ZeRO-3 gathers)."""
         from .checkpoint import full_state
 
-        state = full_state(self.engine.module, self.cfg.zero_stage == 3, self.rank)
-        if self.rank != 0 or path is None:
-            return state
-        from safetensors.torch import save_file
+        return full_state(self.engine.module, self.cfg.zero_stage == 3, self.rank)
 
-        os.makedirs(path, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, "model.safetensors"))
-        return path
+    # -- weight transfer to the rollout engines (rlaif_ray.sync): rank 0 is the sender
+    def open_transfer(self, timeout_s: float) -> tuple[str, int]:
+        """Rank 0 binds the transfer group's store now; the driver tells the engines (host, port)."""
+        import ray
+
+        from ..sync.transfer import serve_store
+
+        self._transfer_store = serve_store(timeout_s)
+        return ray.util.get_node_ip_address(), self._transfer_store.port
+
+    def join_transfer(self, host: str, port: int, world: int, timeout_s: float) -> None:
+        from ..sync.transfer import TransferGroup
+
+        backend = "nccl" if self.cfg.gpus_per_rank > 0 else "gloo"
+        self._transfer = TransferGroup.join(host, port, 0, world, backend, timeout_s, store=self._transfer_store)
+
+    def send_weights(self, bucket_bytes: int, dtype: str) -> int:
+        """Every rank (ZeRO-3 gathers one parameter at a time); rank 0 streams them out. Bytes sent."""
+        from ..models import torch_dtype
+        from .checkpoint import iter_full_state
+
+        named = iter_full_state(self.engine.module, self.cfg.zero_stage == 3, self.rank)
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return 0
+        return self._transfer.send(named, bucket_bytes, torch_dtype(dtype))
+
+    def send_raw(self, nbytes: int) -> None:
+        self._transfer.send_raw(nbytes)
+
+    def probe_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float] | None:
+        """The sync probe's logprobs under the weights this group holds (rank 0's; every rank forwards
+        since ZeRO-3 gathers), to compare with what the engines compute after a sync."""
+        from ..sync.probe import Probe, reference_logprobs
+        from .checkpoint import _hf_target
+
+        net = _hf_target(self.engine.module)
+        was_training = net.training
+        out = reference_logprobs(net.eval(), Probe(prompt_ids, completion_ids))
+        net.train(was_training)
+        return out if self.rank == 0 else None
 
     def save(self, directory: str, tokenizer_path: str | None, hf_only: bool = False) -> None:
         from .checkpoint import save_rank
@@ -252,41 +288,37 @@ class LearnerGroup:
                        .remote(i, cfg.num_ranks, cfg, model_cfg, objectives, model_kind, wrap, threads)
                        for i, n in enumerate(self.actor_names)]
         t0 = time.perf_counter()
-        addr, port = self._get([self.actors[0].address.remote()], "address")[0]
+        addr, port = self.wait([self.actors[0].address.remote()], "address")[0]
         self.trainable_params = self._call("setup", [(addr, port, self.model_path)] * cfg.num_ranks)[0]
         log.info("learner group %s: %d ranks, %d trainable params, ready in %.1fs", name, cfg.num_ranks,
                  self.trainable_params, time.perf_counter() - t0)
 
     # -- plumbing
-    def _get(self, refs: list, what: str) -> list:
-        """ray.get every ref with the group timeout; the first failure names its actor."""
+    def wait(self, refs: list, what: str) -> list:
+        """ray.get one ref per rank with the group timeout; the first failure names its actor."""
         import ray
 
-        deadline = time.monotonic() + self.cfg.timeout_s
-        index = {r: i for i, r in enumerate(refs)}
-        results: list = [None] * len(refs)
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                late = [self.actor_names[index[r]] for r in pending]
-                raise LearnerError(f"{what}: learner actor(s) {late} did not answer within {self.cfg.timeout_s:.0f}s")
-            i = index[ready[0]]
-            try:
-                results[i] = ray.get(ready[0])
-            except ray.exceptions.RayActorError as e:
-                raise LearnerError(f"{what}: learner actor {self.actor_names[i]} died: {e}") from e
-            except ray.exceptions.RayTaskError as e:
-                cause = e.cause if hasattr(e, "cause") else e
-                if isinstance(cause, FloatingPointError):
-                    raise NonFiniteLossError(f"{what}: {cause}", _ids_of(str(cause))) from None
-                raise LearnerError(f"{what}: learner actor {self.actor_names[i]} failed: {e}") from e
-        return results
+        from ..cluster import wait_all
+
+        try:
+            return wait_all(refs, [f"learner actor {n}" for n in self.actor_names], self.cfg.timeout_s, what,
+                            LearnerError)
+        except LearnerError as e:
+            cause = e.__cause__
+            if isinstance(cause, ray.exceptions.RayTaskError) and isinstance(getattr(cause, "cause", None),
+                                                                              FloatingPointError):
+                raise NonFiniteLossError(f"{what}: {cause.cause}", _ids_of(str(cause.cause))) from None
+            raise
+
+    def submit(self, method: str, *args, ranks: list[int] | None = None) -> list:
+        """Start `method(*args)` on every rank (or on `ranks`) and return the refs (finish with `wait`):
+        for calls that must run beside other actors' calls, like the weight transfer into the engines."""
+        return [getattr(self.actors[r], method).remote(*args) for r in (ranks or range(len(self.actors)))]
 
     def _call(self, method: str, args_per_rank: list[tuple] | None = None, **kwargs) -> list:
         args_per_rank = args_per_rank or [()] * len(self.actors)
         refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_rank, strict=True)]
-        return self._get(refs, method)
+        return self.wait(refs, method)
 
     # -- the API drivers call
     def forward(self, objective: str, batch: dict, model: str = "policy") -> dict:
@@ -332,9 +364,18 @@ class LearnerGroup:
     def set_lr(self, lr: float) -> None:
         self._call("set_lr", [(lr,)] * len(self.actors))
 
-    def state_for_sync(self, path: str | None = None):
-        """Rank 0's HF-named full state dict (or, with `path`, the safetensors dir it wrote)."""
-        return self._call("state_for_sync", [(path,)] * len(self.actors))[0]
+    def open_transfer(self, timeout_s: float) -> tuple[str, int]:
+        """Rank 0 binds the weight-transfer store; (its node's address, port) for the engines."""
+        return self.wait([self.actors[0].open_transfer.remote(timeout_s)], "open transfer")[0]
+
+    def probe_logprobs(self, probe) -> list[float]:
+        """The probe's logprobs under the weights the group holds now (see `rlaif_ray.sync.probe`)."""
+        return self._call("probe_logprobs", [(probe.prompt_ids, probe.completion_ids)] * len(self.actors))[0]
+
+    def state_for_sync(self):
+        """Rank 0's HF-named full state dict, through the driver: for tests and inspection. Jobs move
+        weights with `rlaif_ray.sync.WeightSync`, straight from rank 0 into the engines."""
+        return self._call("state_for_sync")[0]
 
     def save(self, directory: str, extra: dict | None = None, hf_only: bool = False) -> None:
         """HF checkpoint (rank 0) + DeepSpeed engine/optimizer + per-rank RNG (not with `hf_only`: an

@@ -4,8 +4,13 @@
     out = engine.generate(prompts, sampling_cfg, seed_offset=0)    # list (per prompt) of list (n) of Sample
     lp = engine.next_token_logprobs(prompts, ["A", "B"])          # judges: {candidate: logprob}
     lp = engine.sequence_logprobs(prompt_ids, completion_ids)     # sync probe: logprob of each given token
-    engine.reload_weights(safetensors_dir)                         # new weights, prefix cache reset
+    engine.reload_weights(safetensors_dir)                         # new weights from a (shared) dir
+    engine.join_transfer(host, port, rank_base, world, backend, timeout_s)  # the learner's transfer group
+    engine.receive_weights(timeout_s)                              # new weights streamed by learner rank 0
     engine.close()
+
+`engine.ranks` processes of an engine hold the model (vLLM: one per tensor-parallel GPU) and each is a
+member of the transfer group; weights never pass through the driver or a file.
 
 Prompts are chat message lists (the tokenizer's chat template with a generation prompt) or plain strings
 (wrapped as one user message when `cfg.chat_template` and the tokenizer has a template, else verbatim). Both backends tokenize with the same HF tokenizer, so `prompt_token_ids` agree.
@@ -124,12 +129,12 @@ class VLLMEngine(_Tokenizing):
         _configure_vllm_env(cfg)
         from vllm import LLM
 
+        from .vllm_ext import WORKER_EXTENSION
+
         kwargs: dict[str, Any] = {}
         if cfg.tensor_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"  # workers go into the caller's placement group
-        if cfg.gpus_per_worker > 0:  # NCCL weight sync from the learner (rlaif_ray.sync.nccl)
-            kwargs["weight_transfer_config"] = {"backend": "nccl"}
-        else:
+        if cfg.gpus_per_worker == 0:
             # A chunked prefill rewinds the seeded request's generator, which CPU generators cannot do
             # ('CPU Generator does not use offset'): whole prefills keep per-prompt seeds working.
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, cfg.max_model_len))
@@ -137,7 +142,9 @@ class VLLMEngine(_Tokenizing):
                        max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, seed=seed,
                        logprobs_mode="processed_logprobs", max_logprobs=64,
                        tensor_parallel_size=cfg.tensor_parallel_size,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, **kwargs)
+                       gpu_memory_utilization=cfg.gpu_memory_utilization,
+                       worker_extension_cls=WORKER_EXTENSION, **kwargs)
+        self.ranks = cfg.tensor_parallel_size
 
     def _params(self, sampling: SamplingConfig, seed: int | None = None, **extra):
         from vllm import SamplingParams
@@ -199,6 +206,18 @@ class VLLMEngine(_Tokenizing):
                                 kwargs={"weights_path": weights_dir, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
+    def join_transfer(self, host: str, port: int, rank_base: int, world: int, backend: str,
+                      timeout_s: float) -> None:
+        self.llm.collective_rpc("rlaif_join_transfer", timeout=timeout_s,
+                                args=(host, port, rank_base, world, backend, timeout_s))
+
+    def receive_weights(self, timeout_s: float) -> None:
+        self.llm.collective_rpc("rlaif_receive_weights", timeout=timeout_s)
+        self.llm.reset_prefix_cache()
+
+    def receive_raw(self, nbytes: int, timeout_s: float) -> None:
+        self.llm.collective_rpc("rlaif_receive_raw", timeout=timeout_s, args=(nbytes,))
+
     def close(self) -> None:
         import gc
 
@@ -221,6 +240,7 @@ class HFEngine(_Tokenizing):
         self.torch = torch
         self.seed = seed
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype)).eval()
+        self.ranks, self.transfer = 1, None
 
     def _batch(self, token_lists: list[list[int]]):
         """Left-padded input ids and attention mask."""
@@ -299,10 +319,31 @@ class HFEngine(_Tokenizing):
         for f in sorted(os.listdir(weights_dir)):
             if f.endswith(".safetensors"):
                 state.update(load_file(os.path.join(weights_dir, f)))
+        self._load(state, weights_dir)
+
+    def join_transfer(self, host: str, port: int, rank_base: int, world: int, backend: str,
+                      timeout_s: float) -> None:
+        from ..sync.transfer import TransferGroup
+
+        self.transfer = TransferGroup.join(host, port, rank_base, world, backend, timeout_s)
+
+    def receive_weights(self, timeout_s: float) -> None:
+        self._load(dict(self.transfer.receive()), "the learner's transfer")
+
+    def receive_raw(self, nbytes: int, timeout_s: float) -> None:
+        self.transfer.receive_raw(nbytes)
+
+    def _load(self, state: dict, source: str) -> None:
         missing = set(self.model.state_dict()) - set(state)
+        if self.model.config.tie_word_embeddings:
+            missing.discard("lm_head.weight")
         if missing:
-            raise ValueError(f"{weights_dir}: missing weights {sorted(missing)[:5]}")
-        self.model.load_state_dict(state, strict=True)
+            raise ValueError(f"{source}: missing weights {sorted(missing)[:5]}")
+        unexpected = self.model.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{source}: weights the model does not have {sorted(unexpected)[:5]}")
+        if self.model.config.tie_word_embeddings:
+            self.model.tie_weights()
 
     def close(self) -> None:
         del self.model

@@ -55,6 +55,7 @@ class RolloutPool:
                            scheduling_strategy=bundle_strategy(self.pgs[-1], 0 if gpu_tp else i))
             self.workers.append(actor_cls.options(**options).remote(model_path, cfg, seed + i, dtype))
         self.infos = ray.get([w.info.remote() for w in self.workers], timeout=cfg.timeout_s)
+        self.names = [f"rollout worker {i} on {info['node']}" for i, info in enumerate(self.infos)]
         self.startup_s = time.perf_counter() - t0
         log.info("%d rollout workers ready in %.1fs", len(self.workers), self.startup_s)
 
@@ -80,6 +81,10 @@ class RolloutPool:
         refs = [w.next_token_logprobs.remote(prompts[a:b], candidates)
                 for w, (a, b) in zip(self.workers, parts, strict=False)]
         return [r for chunk in ray.get(refs, timeout=self.cfg.timeout_s) for r in chunk]
+
+    def engine_ranks(self) -> list[int]:
+        """Processes holding the model per worker (tensor-parallel size): each joins the weight transfer."""
+        return [info["engine_ranks"] for info in self.infos]
 
     def versions(self) -> list[int]:
         import ray

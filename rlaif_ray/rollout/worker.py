@@ -22,14 +22,17 @@ class RolloutWorker:
             import torch
 
             torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-        self.model_path = model_path
+        self.model_path, self.cfg = model_path, cfg
         self.engine = build_engine(model_path, cfg, seed, dtype)
         self.version = 0
         self.startup_s = time.perf_counter() - t0
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "version": self.version, "startup_s": self.startup_s,
-                "max_model_len": self.engine.max_model_len, "backend": type(self.engine).__name__}
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "version": self.version,
+                "startup_s": self.startup_s, "max_model_len": self.engine.max_model_len,
+                "backend": type(self.engine).__name__, "engine_ranks": self.engine.ranks}
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, seed_offset: int = 0) -> list[list[Sample]]:
         return self.engine.generate(prompts, sampling, seed_offset)
@@ -41,29 +44,27 @@ class RolloutWorker:
         return self.engine.sequence_logprobs(prompt_ids, completion_ids)
 
     def load_weights(self, weights_dir: str, version: int, timeout_s: float | None = None) -> float:
-        """Reload from a safetensors dir (e.g. in /dev/shm), reset the prefix cache, set the version;
-        returns the seconds it took."""
+        """Reload from a safetensors dir every node sees (e.g. an exported policy on the shared
+        filesystem), reset the prefix cache, set the version; returns the seconds it took."""
         t0 = time.perf_counter()
         self.engine.reload_weights(weights_dir, timeout_s)
         self.version = version
         return time.perf_counter() - t0
 
-    # GPU sync (rlaif_ray.sync.nccl): vLLM's weight-transfer RPCs, called by the learner's NCCL sender.
-    def init_weight_transfer_engine(self, request) -> None:
-        self.engine.llm.init_weight_transfer_engine(request)
+    # Weight transfer from learner rank 0 (rlaif_ray.sync): this worker's engine ranks join its group.
+    def join_transfer(self, host: str, port: int, rank_base: int, world: int, timeout_s: float) -> None:
+        backend = "nccl" if self.cfg.gpus_per_worker > 0 else "gloo"
+        self.engine.join_transfer(host, port, rank_base, world, backend, timeout_s)
 
-    def start_weight_update(self) -> None:
-        self.engine.llm.start_weight_update()
-
-    def update_weights(self, request) -> None:
-        self.engine.llm.update_weights(request)
-
-    def finish_weight_update(self) -> None:
-        self.engine.llm.finish_weight_update()
-        self.engine.llm.reset_prefix_cache()
-
-    def set_version(self, version: int) -> None:
+    def receive_weights(self, version: int, timeout_s: float) -> float:
+        """Take the weights learner rank 0 is sending now; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.engine.receive_weights(timeout_s)
         self.version = version
+        return time.perf_counter() - t0
+
+    def receive_raw(self, nbytes: int, timeout_s: float) -> None:
+        self.engine.receive_raw(nbytes, timeout_s)
 
     def get_version(self) -> int:
         return self.version

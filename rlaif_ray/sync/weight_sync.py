@@ -1,29 +1,27 @@
-"""Learner -> rollout workers weight sync through shared memory, with a verified probe.
+"""Learner -> rollout engines weight sync, straight from learner rank 0 into every engine, verified.
 
-    sync = WeightSync(pool, SyncConfig())
-    report = sync.push(state_or_dir, version, probe_reference=ref)   # SyncReport
+    sync = WeightSync(pool, SyncConfig(), learners)    # opens the transfer group once
+    report = sync.push(version)                        # SyncReport; every engine now holds the weights
+    sync.load_dir(path, version)                       # or: weights from a dir on the shared filesystem
 
-`state_or_dir` is the learner rank 0's `state_for_sync()`: HF-named tensors (ZeRO-3 gathered, LoRA
-merged, see `rlaif_ray.models.lora.merged_state_dict`) or a directory of HF-named safetensors. A dict is
-written once to /dev/shm as safetensors and every worker loads it with vLLM's in-place
-`reload_weights` (the CPU engine repacks its linear weights, so `model.load_weights` cannot be used);
-the worker then resets its prefix cache and takes the new version. When the verify policy says so, each
-engine's logprobs of the fixed probe are compared with `probe_reference` (the learner's own, from
-`probe.reference_logprobs`; when None it is computed here from the state with an HF forward) and a
-difference above the tolerance raises `WeightSyncError`. Every RPC has `SyncConfig.timeout_s`.
+`push` streams the learner group's HF-named weights (ZeRO-3 gathered one parameter at a time, LoRA
+merged, cast to the engines' dtype) from rank 0 over the transfer group (`transfer.py`: NCCL between
+GPUs, gloo between CPUs) into each engine process, which loads them with vLLM's in-place reload while
+they arrive. The driver only starts the calls and reads a byte count: no weights pass through it, its
+object store or a file, so engines on other nodes get them as local ones do. When the verify policy says
+so, learner rank 0 computes the fixed probe's logprobs from the weights it holds while every engine
+computes the same; the driver compares the two short lists and a difference above the tolerance raises
+`WeightSyncError`. Every call has `SyncConfig.timeout_s`; an actor that fails or stalls is named.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
-from ..config import SyncConfig
-from .probe import Probe, make_probe, reference_logprobs
+from ..config import ConfigError, SyncConfig
+from .probe import Probe, make_probe
 
 log = logging.getLogger(__name__)
 
@@ -36,133 +34,113 @@ class WeightSyncError(RuntimeError):
 class SyncReport:
     version: int
     bytes: int
-    seconds: float  # staging + every worker loaded
+    seconds: float  # transfer + every engine loaded
     verify_seconds: float
     verified: bool | None  # None: not checked this time
     max_abs_diff: float | None
-
-
-def shm_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-
-
-def write_safetensors(state: dict, directory: str) -> int:
-    """Write `state` as one safetensors file; tied tensors (one storage) are written once."""
-    from safetensors.torch import save_file
-
-    seen, tensors = set(), {}
-    for name, t in state.items():
-        key = (t.data_ptr(), tuple(t.shape), t.dtype)
-        if t.data_ptr() and key in seen:
-            continue  # a tied copy (e.g. lm_head = embed_tokens); the engine ties it again
-        seen.add(key)
-        tensors[name] = t.detach().to("cpu").contiguous()
-    save_file(tensors, os.path.join(directory, "model.safetensors"))
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def load_safetensors_dir(directory: str) -> dict:
-    from safetensors.torch import load_file
-
-    state = {}
-    for f in sorted(os.listdir(directory)):
-        if f.endswith(".safetensors"):
-            state.update(load_file(os.path.join(directory, f)))
-    return state
+    transfer: str = "gloo"  # the transport that ran: "gloo" | "nccl" | "shared-dir"
 
 
 class WeightSync:
-    """Pushes weights into every worker of a RolloutPool and checks them."""
+    """Pushes the learner group's weights into every worker of a RolloutPool and checks them."""
 
-    def __init__(self, pool, cfg: SyncConfig, probe: Probe | None = None):
+    def __init__(self, pool, cfg: SyncConfig, learners=None, probe: Probe | None = None):
         from ..models import load_tokenizer
 
         cfg.validate()
-        self.pool, self.cfg = pool, cfg
-        self.tolerance = cfg.tolerance or (1e-3 if pool.dtype == "fp32" else 0.5)
+        self.pool, self.cfg, self.learners = pool, cfg, learners
+        learner_dtype = learners.cfg.dtype if learners is not None else "fp32"
+        self.tolerance = cfg.tolerance or (1e-3 if pool.dtype == learner_dtype == "fp32" else 0.5)
         self.probe = probe or make_probe(load_tokenizer(pool.model_path))
         self.pushes = 0
+        self.transfer = None
+        if learners is not None:
+            self.transfer = self._connect()
+
+    def _connect(self) -> str:
+        """The group {learner rank 0, every engine rank}; rank 0's store is bound before anyone joins."""
+        gpu_learners, gpu_engines = self.learners.cfg.gpus_per_rank > 0, self.pool.cfg.gpus_per_worker > 0
+        if gpu_learners != gpu_engines:
+            raise ConfigError(f"sync: learner.gpus_per_rank={self.learners.cfg.gpus_per_rank} and "
+                              f"rollout.gpus_per_worker={self.pool.cfg.gpus_per_worker}: the weight transfer "
+                              "needs both on GPUs (NCCL) or both on CPUs (gloo)")
+        ranks = self.pool.engine_ranks()
+        world, timeout = 1 + sum(ranks), self.cfg.timeout_s
+        host, port = self.learners.open_transfer(timeout)
+        bases = [1 + sum(ranks[:i]) for i in range(len(ranks))]
+        self._run(self.learners.submit("join_transfer", host, port, world, timeout, ranks=[0])
+                  + [w.join_transfer.remote(host, port, b, world, timeout)
+                     for w, b in zip(self.pool.workers, bases, strict=True)],
+                  self.learners.actor_names[:1], "join the weight-transfer group")
+        log.info("weight-transfer group: learner rank 0 on %s:%d + %d engine ranks", host, port, world - 1)
+        return "nccl" if gpu_engines else "gloo"
 
     def verify_due(self) -> bool:
         if self.cfg.verify == "never":
             return False
         return self.cfg.verify == "every" or self.pushes % int(self.cfg.verify) == 0
 
-    def push(self, state_or_dir, version: int, probe_reference: list[float] | None = None) -> SyncReport:
+    def push(self, version: int) -> SyncReport:
+        """Learner rank 0 -> every engine, then the probe check when due."""
+        if self.learners is None:
+            raise WeightSyncError("weight sync: push() needs the learner group (WeightSync(pool, cfg, learners))")
+        t0, timeout = time.perf_counter(), self.cfg.timeout_s
+        sent = self._run(self.learners.submit("send_weights", self.cfg.bucket_mb * 2**20, self.pool.dtype)
+                         + [w.receive_weights.remote(version, timeout) for w in self.pool.workers],
+                         self.learners.actor_names, "weight transfer")
+        return self._finish(version, sent[0], time.perf_counter() - t0, self.transfer)
+
+    def load_dir(self, path: str, version: int) -> SyncReport:
+        """Every engine reloads from `path` (a dir of HF safetensors on the shared filesystem)."""
+        import os
+
         t0 = time.perf_counter()
-        owned = not isinstance(state_or_dir, (str, os.PathLike))
-        directory = tempfile.mkdtemp(prefix="rlaif-sync-", dir=shm_dir()) if owned else str(state_or_dir)
-        try:
-            if owned:
-                nbytes = write_safetensors(state_or_dir, directory)
-            else:
-                nbytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
-                             if f.endswith(".safetensors"))
-            self._call_all("load_weights", directory, version, self.cfg.timeout_s, what="load weights")
-            seconds = time.perf_counter() - t0
-            self.pushes += 1
-            verified, diff, t1 = None, None, time.perf_counter()
-            if self.verify_due():
-                if probe_reference is None:
-                    probe_reference = self._reference(state_or_dir if owned else load_safetensors_dir(directory))
-                diff = self.check(probe_reference, version)
-                verified = True
-        finally:
-            if owned:
-                shutil.rmtree(directory, ignore_errors=True)
-        report = SyncReport(version, nbytes, seconds, time.perf_counter() - t1, verified, diff)
-        log.info("weight sync v%d: %.1f MB in %.2fs, verified=%s (max |dlogp| %s)", version, nbytes / 1e6,
-                 seconds, verified, None if diff is None else f"{diff:.2e}")
+        self._run([w.load_weights.remote(path, version, self.cfg.timeout_s) for w in self.pool.workers], [],
+                  "load weights")
+        nbytes = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
+        return self._finish(version, nbytes, time.perf_counter() - t0, "shared-dir")
+
+    def transport_seconds(self, nbytes: int) -> float:
+        """One flat buffer of `nbytes` over the same group, no packing or loading: the transfer's floor."""
+        t0, timeout = time.perf_counter(), self.cfg.timeout_s
+        self._run(self.learners.submit("send_raw", nbytes, ranks=[0])
+                  + [w.receive_raw.remote(nbytes, timeout) for w in self.pool.workers],
+                  self.learners.actor_names[:1], "raw transport")
+        return time.perf_counter() - t0
+
+    def _finish(self, version: int, nbytes: int, seconds: float, transfer: str) -> SyncReport:
+        self.pushes += 1
+        verified, diff, t1 = None, None, time.perf_counter()
+        if self.verify_due():
+            if self.learners is None:
+                raise WeightSyncError("weight sync: verification needs the learner group's probe logprobs")
+            diff, verified = self.check(version), True
+        report = SyncReport(version, nbytes, seconds, time.perf_counter() - t1, verified, diff, transfer)
+        log.info("weight sync v%d (%s): %.1f MB in %.2fs, verified=%s (max |dlogp| %s)", version, transfer,
+                 nbytes / 1e6, seconds, verified, None if diff is None else f"{diff:.2e}")
         return report
 
-    def confirm(self, version: int, probe_reference: list[float] | None) -> SyncReport:
-        """After weights arrived another way (NCCL, `sync/nccl.py`): set the version, verify if due."""
-        self._call_all("set_version", version, what="set version")
-        self.pushes += 1
-        t0, verified, diff = time.perf_counter(), None, None
-        if self.verify_due():
-            if probe_reference is None:
-                raise WeightSyncError("weight sync: verification needs the learner's probe logprobs")
-            diff, verified = self.check(probe_reference, version), True
-        return SyncReport(version, 0, 0.0, time.perf_counter() - t0, verified, diff)
-
-    def check(self, reference: list[float], version: int) -> float:
-        """Max |engine - reference| logprob over the probe on every worker; raises above the tolerance."""
-        results = self._call_all("sequence_logprobs", [self.probe.prompt_ids], [self.probe.completion_ids],
-                                 what="probe logprobs")
+    def check(self, version: int) -> float:
+        """Max |engine - learner| probe logprob over every engine; raises above the tolerance. The learner
+        and the engines compute theirs at the same time."""
+        p = self.probe
+        refs = self.learners.submit("probe_logprobs", p.prompt_ids, p.completion_ids)
+        refs += [w.sequence_logprobs.remote([p.prompt_ids], [p.completion_ids]) for w in self.pool.workers]
+        results = self._run(refs, self.learners.actor_names, "probe logprobs")
+        reference, engines = results[0], results[len(self.learners.actor_names):]
         worst = 0.0
-        for i, (lps,) in enumerate(results):
+        for name, (lps,) in zip(self.pool.names, engines, strict=True):
             diff = max(abs(a - b) for a, b in zip(lps, reference, strict=True))
             worst = max(worst, diff)
             if not diff <= self.tolerance:  # also catches NaN
                 raise WeightSyncError(
-                    f"weight sync v{version}: rollout worker {i} does not hold the learner's weights: probe "
+                    f"weight sync v{version}: {name} does not hold the learner's weights: probe "
                     f"logprobs differ by up to {diff:.3e} (tolerance {self.tolerance:.1e}); stopping")
         return worst
 
-    def _reference(self, state: dict) -> list[float]:
-        """The learner-side reference computed here: an HF model from the pool's config with `state`."""
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+    def _run(self, refs: list, learner_names: list[str], what: str) -> list:
+        """Wait for learner refs (first) and one ref per engine worker (last), naming whoever fails."""
+        from ..cluster import wait_all
 
-        config = AutoConfig.from_pretrained(self.pool.model_path)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        if [m for m in missing if not m.endswith("lm_head.weight")] or unexpected:
-            raise WeightSyncError(f"state does not match {self.pool.model_path}: missing {missing[:3]}, "
-                                  f"unexpected {unexpected[:3]}")
-        if missing:
-            model.tie_weights()
-        return reference_logprobs(model.eval(), self.probe)
-
-    def _call_all(self, method: str, *args, what: str) -> list:
-        import ray
-
-        refs = [getattr(w, method).remote(*args) for w in self.pool.workers]
-        try:
-            return ray.get(refs, timeout=self.cfg.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise WeightSyncError(f"weight sync: {what} did not finish on every rollout worker within "
-                                  f"{self.cfg.timeout_s:.0f}s (sync.timeout_s)") from None
-        except ray.exceptions.RayError as e:
-            raise WeightSyncError(f"weight sync: {what} failed on a rollout worker: {e}") from e
+        names = [f"learner actor {n}" for n in learner_names] + self.pool.names
+        return wait_all(refs, names, self.cfg.timeout_s, f"weight sync: {what}", WeightSyncError)
