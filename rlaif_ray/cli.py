@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 
+from .cluster import SharedPathError
 from .config import ConfigError, describe, load, save
 
 # job name -> (module, one-line help, issue that builds it)
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = getattr(cfg, "run_dir", None)
     if run_dir:
         save(cfg, run_dir)
-    return int(module.run(cfg, args) or 0)
+    try:
+        return int(module.run(cfg, args) or 0)
+    except SharedPathError as e:
+        print(f"rlaif-ray {args.job}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,16 +22,23 @@ ACTOR_ENV = {
 }
 
 
-def init_ray(cfg: RayConfig, env: dict[str, str] | None = None) -> None:
+def init_ray(cfg: RayConfig, env: dict[str, str] | None = None, shared: dict[str, str | None] | None = None) -> None:
     """`address='local'` starts a private Ray with its own temp dir; anything else attaches.
 
     Inside `ray job submit` the job already carries a runtime_env: attaching with another one
-    fails, so we pass none there.
+    fails, so we pass none there. `shared` names the paths every node must see (`check_shared_paths`).
     """
     import ray
 
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _init(cfg, env)
+    if shared:
+        check_shared_paths(shared)
+
+
+def _init(cfg: RayConfig, env: dict[str, str] | None) -> None:
+    import ray
+
     t0 = time.perf_counter()
     if cfg.address == "local":
         env_vars = {**ACTOR_ENV, **_passthrough_env(), **(env or {})}
@@ -66,13 +73,15 @@ class SharedPathError(RuntimeError):
 def check_shared_paths(paths: dict[str, str | None], timeout_s: float = 120.0) -> None:
     """One tiny task on every alive node checks that it sees each path the driver sees: the run dir (a
     marker file the driver writes there now, so a same-named local dir does not pass) and the model dirs.
-    Paths the driver itself does not have (hub ids, unset options) are skipped. Node-local scratch
+    `run_dir` is created first. Paths the driver itself does not have (hub ids, unset options) are skipped. Node-local scratch
     (/dev/shm, /tmp, Ray's temp dir) is never shared on a real cluster: keep run_dir and models elsewhere."""
     import uuid
 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    if paths.get("run_dir"):
+        os.makedirs(paths["run_dir"], exist_ok=True)
     wanted: dict[str, str] = {}
     for name, path in paths.items():
         if path and os.path.exists(path):

@@ -29,7 +29,7 @@ def _cfg(run_dir: Path, **overrides) -> TrainPPOJob:
 
 def _comparable(row: dict) -> dict:
     return {k: v for k, v in row.items() if not (k.startswith("time_") or k.startswith("tokens_per_s")
-                                                 or k in ("driver_overhead_fraction", "sync_max_abs_diff"))}
+                                                 or k in ("driver_overhead_fraction", "sync_max_abs_diff", "driver_rss_mb"))}
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ def run(cfg: DemoJob, args) -> int:
 
     root = Path(cfg.run_dir)
     st = Stages(root, cfg.time_budget_min * 60)
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, shared={"run_dir": str(root)})
     policy, judge = cfg.policy, cfg.judge
     gen_sampling = dataclasses.replace(cfg.sampling, n=2)
     eval_sampling = dataclasses.replace(cfg.sampling, n=1, temperature=0.0)

@@ -290,7 +290,7 @@ def evaluate(cfg: EvalJob) -> dict:
     models = list(cfg.policies)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, shared={"run_dir": str(run_dir)})
     samples, kl = generate_answers(cfg, prompts, run_dir)
     answers = {m: [s.text if s is not None else None for s in samples[m]] for m in models}
     times["generate"] = time.perf_counter() - t0

@@ -76,12 +76,14 @@ def build_rows(records, samples_a, samples_b, cfg: GeneratePairsJob) -> tuple[li
 def run(cfg: GeneratePairsJob, args: argparse.Namespace) -> int:
     from ..cluster import init_ray
     from ..data import read_prompts, write_rows
+    from ..models import resolve_model_path
 
     t0 = time.perf_counter()
     records = read_prompts(cfg.prompts, cfg.max_prompts)  # empty prompts fail here as file:row:field
     if not records:
         raise ValueError(f"{cfg.prompts}: no prompts")
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, shared={"policy": resolve_model_path(cfg.policy),
+                              "policy_b": resolve_model_path(cfg.policy_b) if cfg.policy_b else None})
     prompts = [r.prompt for r in records]
     samples_a, stats = sample_policy(cfg.policy, cfg, prompts)
     samples_b = samples_a

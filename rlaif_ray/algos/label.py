@@ -72,7 +72,7 @@ def run(cfg: LabelJob, args) -> int:
         from ..cluster import init_ray
         from ..feedback.pool import FeedbackPool
 
-        init_ray(cfg.ray)
+        init_ray(cfg.ray, shared={"run_dir": str(run_dir)})
         pool = FeedbackPool(cfg.pool, cfg.ray, str(run_dir), chash)
         nodes = pool.nodes()
 

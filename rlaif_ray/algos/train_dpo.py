@@ -31,7 +31,7 @@ def run(cfg: TrainDPOJob, args) -> int:
     from ..learner.group import LearnerGroup, NonFiniteLossError, epoch_batches
     from ..learner.metrics import MetricsWriter
     from ..learner.objectives import DPOObjective, encode_preferences, pad_preferences
-    from ..models import load_tokenizer, tokenizer_path
+    from ..models import load_tokenizer, resolve_model_path, tokenizer_path
 
     L = cfg.learner
     tok = load_tokenizer(tokenizer_path(cfg.model), padding_side="right")
@@ -45,7 +45,7 @@ def run(cfg: TrainDPOJob, args) -> int:
         data.append((encode_preferences(train, tok, L.max_length), encode_preferences(val, tok, L.max_length)))
     steps_total = sum(s.epochs * (len(tr) // batch_size) for s, (tr, _) in zip(cfg.stages, data, strict=True))
 
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "model": resolve_model_path(cfg.model)})
     objectives = {s.name: DPOObjective(s.beta, s.loss, s.label_smoothing, s.soft_labels) for s in cfg.stages}
     group = LearnerGroup(L, cfg.model, objectives, name="dpo-policy")
     cursor = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}

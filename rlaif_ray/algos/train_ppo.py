@@ -115,8 +115,9 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     extra = read_trainer_state(ckpt) if ckpt else None
     start = extra["step"] if extra else 0
 
-    init_ray(cfg.ray)
     model_path = resolve_model_path(cfg.policy)
+    init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "policy": model_path, "reward.rm_path": cfg.reward.rm_path,
+                              "ppo.critic_path": cfg.ppo.critic_path})
     pad_id = load_tokenizer(model_path).pad_token_id
     pool = learners = reward = None
     try:
@@ -124,6 +125,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
         pool = RolloutPool(model_path, cfg.rollout, cfg.learner.seed, cfg.policy.dtype, cfg.ray.placement_strategy)
         learners = PPOLearners(cfg, model_path)
         sync = WeightSync(pool, cfg.sync, learners.policy)
+        write_placement(cfg.run_dir, pool, learners)
         if ckpt:
             learners.load(ckpt)
             kl_ctl.load_state_dict(extra["kl_ctl"])
@@ -160,6 +162,22 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
                 part.shutdown()
         if reward is not None:
             reward.close()
+
+
+def write_placement(run_dir: str, pool, learners) -> None:
+    """`<run_dir>/placement.json`: the node of the driver, each rollout worker and each learner rank."""
+    import json
+    import os
+
+    import ray
+
+    where = {"driver": ray.util.get_node_ip_address(), "rollout_workers": [i["node"] for i in pool.infos],
+             "policy_ranks": learners.policy.nodes,
+             "critic_ranks": learners.critic.nodes if learners.critic is not None else []}
+    log.info("placement: %s", where)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "placement.json"), "w") as f:
+        json.dump(where, f, indent=1)
 
 
 class PPOLearners:
@@ -221,6 +239,7 @@ NOT_AVERAGED = ("lr", "step_time_s", "tokens", "tokens_per_s")  # per-call bookk
 
 def ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id) -> dict:
     """One iteration; returns its metrics row (with the phase timer)."""
+    import psutil
     import torch
 
     from ..data import text_of
@@ -289,7 +308,8 @@ def ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id) -
            **{k: sum(u[k] for u in updates) / len(updates) for k in updates[0] if k not in NOT_AVERAGED},
            "tokens_per_s_generate": tokens / max(timer.t["generate"], 1e-9),
            "tokens_per_s_train": tokens * ppo.ppo_epochs / max(timer.t["train"], 1e-9),
-           "sync_verified": report.verified, "sync_max_abs_diff": report.max_abs_diff,
+           "sync_verified": report.verified, "sync_max_abs_diff": report.max_abs_diff, "sync_bytes": report.bytes,
+           "driver_rss_mb": psutil.Process().memory_info().rss / 2**20,
            "_timer": timer, "_t0": t0}
     kl_ctl.update(seq_kl, n)
     return row

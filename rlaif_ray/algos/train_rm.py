@@ -28,7 +28,7 @@ def run(cfg: TrainRMJob, args) -> int:
     from ..learner.group import LearnerGroup, NonFiniteLossError, epoch_batches
     from ..learner.metrics import MetricsWriter
     from ..learner.objectives import RMObjective, encode_preferences, pad_preferences
-    from ..models import load_tokenizer, tokenizer_path
+    from ..models import load_tokenizer, resolve_model_path, tokenizer_path
 
     if not cfg.train:
         raise ValueError("train: a preferences file is required (train=path.jsonl)")
@@ -44,7 +44,7 @@ def run(cfg: TrainRMJob, args) -> int:
         evals["human"] = encode_preferences(read_preferences(cfg.human_eval), tok, L.max_length)
     per_epoch = len(train) // batch_size
 
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "model": resolve_model_path(cfg.model)})
     group = LearnerGroup(L, cfg.model, {"rm": RMObjective(cfg.margin, cfg.soft_labels)}, model_kind="reward",
                          name="rm")
     cursor = {"epoch": 0, "batch": 0, "step": 0}

@@ -122,6 +122,9 @@ class RolloutConfig:
     chat_template: bool = field_(True, "wrap a plain-string prompt as one user message when the tokenizer "
                                  "has a chat template (False: use the string verbatim)")
     timeout_s: float = field_(1800.0, "timeout of one generate call on a worker", gt=0)
+    resources: dict[str, float] = field_({}, "extra Ray resources each worker's bundle asks for: a custom "
+                                         "resource given to `ray start --resources` pins the workers to "
+                                         "those nodes (e.g. {inference_node: 1})")
 
 
 @dataclass
@@ -159,6 +162,9 @@ class LearnerConfig:
     max_length: int = field_(512, "max tokens of prompt+response in training", ge=8)
     seed: int = field_(0, "seed of data order and dropout", ge=0)
     timeout_s: float = field_(600.0, "timeout of every collective / actor call", gt=0)
+    resources: dict[str, float] = field_({}, "extra Ray resources each rank's bundle asks for: a custom "
+                                         "resource given to `ray start --resources` pins the ranks to those "
+                                         "nodes (e.g. {train_node: 1})")
     shm_comm: bool = field_(True, "on CPU, DeepSpeed's shared-memory all-reduce (JIT-built once, 34-60 s, "
                             "cached in TORCH_EXTENSIONS_DIR); False: plain gloo")
 

@@ -101,8 +101,10 @@ class LearnerActor:
         self._store = serve_rendezvous(self.cfg)
         return ray.util.get_node_ip_address(), self._store.port
 
-    def setup(self, addr: str, port: int, model_path: str) -> int:
-        """Join the process group, load the model and wrap it in DeepSpeed; returns trainable params."""
+    def setup(self, addr: str, port: int, model_path: str) -> tuple[int, str]:
+        """Join the process group, load the model and wrap it in DeepSpeed; returns (trainable params,
+        this rank's node address)."""
+        import ray
         import torch
 
         from .engine import build_engine, init_process_group
@@ -119,7 +121,7 @@ class LearnerActor:
             module = self.wrap(module)
         self.engine = build_engine(module, self.cfg, self.world)
         torch.manual_seed(self.cfg.seed + 1000 * self.rank)
-        return sum(p.numel() for p in module.parameters() if p.requires_grad)
+        return sum(p.numel() for p in module.parameters() if p.requires_grad), ray.util.get_node_ip_address()
 
     def _load(self, path: str, trainable: bool):
         import torch
@@ -277,7 +279,8 @@ class LearnerGroup:
         self.model_path = model_path or resolve_model_path(model_cfg)
         self.tokenizer_path = model_cfg.tokenizer or self.model_path
         tag = uuid.uuid4().hex[:6]
-        bundle = {"CPU": cfg.cpus_per_rank, **({"GPU": cfg.gpus_per_rank} if cfg.gpus_per_rank else {})}
+        bundle = {"CPU": cfg.cpus_per_rank, **({"GPU": cfg.gpus_per_rank} if cfg.gpus_per_rank else {}),
+                  **cfg.resources}
         self.pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy,
                                   f"{name}-{tag}", timeout_s=cfg.timeout_s)
         threads = max(1, int(cfg.cpus_per_rank))
@@ -289,7 +292,8 @@ class LearnerGroup:
                        for i, n in enumerate(self.actor_names)]
         t0 = time.perf_counter()
         addr, port = self.wait([self.actors[0].address.remote()], "address")[0]
-        self.trainable_params = self._call("setup", [(addr, port, self.model_path)] * cfg.num_ranks)[0]
+        ready = self._call("setup", [(addr, port, self.model_path)] * cfg.num_ranks)
+        self.trainable_params, self.nodes = ready[0][0], [node for _, node in ready]
         log.info("learner group %s: %d ranks, %d trainable params, ready in %.1fs", name, cfg.num_ranks,
                  self.trainable_params, time.perf_counter() - t0)
 

@@ -42,7 +42,8 @@ class RolloutPool:
         # fills the worker's bundles (STRICT_PACK keeps a worker's GPUs on one node).
         per_worker = cfg.tensor_parallel_size if gpu_tp else 1
         bundle = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if gpu_tp else
-                                                 {"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
+                                                 {"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}),
+                  **cfg.resources}
         self.pgs, self.workers = [], []
         actor_cls = ray.remote(RolloutWorker)
         for i in range(cfg.num_workers):

@@ -1,0 +1,139 @@
+"""A Ray cluster of isolated nodes on one host, for tests that claim "multi-node".
+
+The head runs with `--num-cpus=0` (it holds only the driver, as a login or head node does) and each
+worker node runs in its own mount namespace with a fresh tmpfs on /dev/shm and on /tmp (`unshare -m`,
+as root), so it sees only what a second machine would: the checkout and home (a cluster's shared
+filesystem), never the driver's /dev/shm, /tmp or Ray temp dir. Nodes get their own loopback addresses
+(127.0.0.1x) and custom resources, so a test can pin roles to nodes.
+
+    with IsolatedCluster([Node("127.0.0.12", 2, {"train_node": 2}), Node("127.0.0.13", 2)]) as cluster:
+        subprocess.run([..., f"ray.address={cluster.address}"], env=cluster.env)
+
+Every `ray start --block` is stopped by SIGTERM to its own pid (never `ray stop`); processes of the
+cluster still alive afterwards fail the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster_fixtures import REPO, VENV, free_port_block, processes_mentioning, short_tmpdir
+
+SHARED_ROOT = REPO / ".test-shared"  # the only writable place every node sees: under the checkout
+
+
+def isolated(command: str) -> list[str]:
+    """argv that runs the shell `command` in a new mount namespace with fresh /dev/shm and /tmp."""
+    return ["unshare", "--mount", "--propagation", "private", "bash", "-c",
+            f"mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp && {command}"]
+
+
+def why_not_isolated() -> str | None:
+    if os.geteuid() != 0:
+        return "isolated nodes need root (mount namespaces); CI runs as root"
+    probe = subprocess.run(isolated("test ! -e /tmp/.probe-" + secrets.token_hex(4)), capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"unshare -m failed: {probe.stderr.strip()}"
+
+
+@dataclass
+class Node:
+    ip: str  # 127.0.0.1x: one loopback address per node
+    cpus: int
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+class IsolatedCluster:
+    def __init__(self, nodes: list[Node], tag: str | None = None):
+        self.nodes, self.tag = nodes, tag or secrets.token_hex(3)
+        self.port = free_port_block(4)
+        self.address = f"127.0.0.1:{self.port}"
+        self.head_dir = short_tmpdir("rh")
+        self.shared = SHARED_ROOT / self.tag  # run dirs of the tests: visible on every node
+        self.shared.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": self.address,
+                    # node-local caches: a real node's /tmp is its own (the driver's conftest put HF_HOME there)
+                    "HF_HOME": "/tmp/hf-home"}
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> IsolatedCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        ray = str(VENV / "bin" / "ray")
+        p = self.port
+        self.procs.append(subprocess.Popen(
+            [ray, "start", "--head", "--block", f"--port={p}", "--node-ip-address=127.0.0.1", "--num-cpus=0",
+             f"--ray-client-server-port={p + 1}", f"--dashboard-agent-listen-port={p + 2}",
+             f"--temp-dir={self.head_dir}", "--include-dashboard=false", "--object-store-memory=134217728"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for i, node in enumerate(self.nodes):
+            # Each node's agent port differs (they share the host's port space across loopback addresses
+            # only where Ray binds the node's own address).
+            cmd = (f"exec {shlex.quote(ray)} start --block --address={self.address} --node-ip-address={node.ip} "
+                   f"--temp-dir=/tmp/ray-{self.tag} --num-cpus={node.cpus} --dashboard-agent-listen-port={p + 3 + i} "
+                   f"--object-store-memory=268435456 --resources={shlex.quote(json.dumps(node.resources))}")
+            self.procs.append(subprocess.Popen(isolated(cmd), env=self.env, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+        self._wait_nodes(1 + len(self.nodes))
+
+    def _wait_nodes(self, want: int, timeout_s: float = 180) -> None:
+        script = ("import ray, sys, time\n"
+                  "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+                  "deadline = time.time() + float(sys.argv[3])\n"
+                  "while time.time() < deadline:\n"
+                  "    alive = [n for n in ray.nodes() if n['Alive']]\n"
+                  "    if len(alive) >= int(sys.argv[2]):\n"
+                  "        sys.exit(0)\n"
+                  "    time.sleep(1)\n"
+                  "sys.exit(f'only {len(alive)} nodes alive')\n")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            dead = [pr.args for pr in self.procs if pr.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a Ray node exited while the cluster started: {dead}")
+            r = subprocess.run([sys.executable, "-c", script, self.address, str(want), "60"], env=self.env,
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"isolated cluster not up within {timeout_s:.0f}s: {r.stderr[-2000:]}")
+            time.sleep(2)
+
+    def stop(self) -> None:
+        for pr in reversed(self.procs):  # workers first, then the head
+            if pr.poll() is None:
+                pr.send_signal(signal.SIGTERM)
+            try:
+                pr.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                pr.wait()
+        self.procs = []
+        time.sleep(1)
+        leftover = processes_mentioning(f"ray-{self.tag}") + processes_mentioning(str(self.head_dir))
+        for line in leftover:
+            try:
+                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        if leftover:
+            raise AssertionError(f"Ray processes outlived their nodes: {leftover[:5]}")
