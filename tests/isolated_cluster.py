@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cluster_fixtures import REPO, VENV, free_port_block, processes_mentioning, short_tmpdir
 
