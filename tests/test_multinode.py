@@ -62,8 +62,8 @@ def test_ppo_learners_on_one_node_rollout_on_another_matches_one_node(cluster, r
     ok(rlaif(cluster, "train-ppo", *PPO_ARGS, f"run_dir={run}", "learner.resources.train_node=1",
              "rollout.resources.rollout_node=1"))
     placement = json.loads((run / "placement.json").read_text())
-    assert placement == {"driver": "127.0.0.1", "rollout_workers": [ROLLOUT], "policy_ranks": [TRAIN, TRAIN],
-                         "critic_ranks": []}
+    assert placement.pop("driver") not in (TRAIN, ROLLOUT)
+    assert placement == {"rollout_workers": [ROLLOUT], "policy_ranks": [TRAIN, TRAIN], "critic_ranks": []}
     rows = _metrics(run)
     assert len(rows) == 3 and all(r["ppo/sync_verified"] for r in rows)
     assert all(r["ppo/sync_bytes"] > 7_000_000 for r in rows)  # the whole policy crossed the network
