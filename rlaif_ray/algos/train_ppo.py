@@ -9,7 +9,8 @@ The policy (with its value head, or beside a separate critic group) trains in a 
 Per step one row in `<run_dir>/metrics.jsonl` (keys `ppo/<name>`) and TensorBoard, with a progress
 bar: loss terms, reward mean/std, KL, entropy, clip fraction, value error, grad norm, tokens/s and the
 wall-time split generate/score/train/sync/checkpoint; `driver_overhead_fraction` is the step time in
-none of them. Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head,
+none of them; `sync_bytes` and `driver_rss_mb` show the weights going learner -> engines without the
+driver. `<run_dir>/placement.json` records the node of the driver, each rollout worker and learner rank. Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head,
 DeepSpeed optimizer state, RNG, KL coefficient, data cursor) every `checkpoint_every` steps and at the
 end; `--resume` continues from the latest one and reproduces the uninterrupted run (the prompt order
 and sampling seeds are functions of the step). A non-finite reward or loss stops the run naming the

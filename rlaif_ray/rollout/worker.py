@@ -14,7 +14,8 @@ from .engine import Prompt, Sample, build_engine
 
 
 class RolloutWorker:
-    """Serves `generate` / logprob queries from its engine; `load_weights` swaps in synced weights."""
+    """Serves `generate` / logprob queries from its engine; `receive_weights` takes the learner's weights
+    from the transfer group (`rlaif_ray.sync`), `load_weights` a dir on the shared filesystem."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, dtype: str = "fp32"):
         t0 = time.perf_counter()
