@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,7 @@ class IsolatedCluster:
                 pr.kill()
                 pr.wait()
         self.procs = []
+        shutil.rmtree(self.shared, ignore_errors=True)
         time.sleep(1)
         leftover = processes_mentioning(f"ray-{self.tag}") + processes_mentioning(str(self.head_dir))
         for line in leftover:

@@ -2,7 +2,7 @@
 cluster/slurm/local_slurm.sh with fake nodes n1..n4 (NodeAddr 127.0.0.11..14) on this host.
 
 A 2-node allocation runs a real `rlaif-ray label` whose two pool actors are STRICT_SPREAD over the two
-Ray nodes; at the same time a 1-node job whose driver fails (config error, exit 2) runs through
+Ray nodes, the second of which (n2) runs in its own mount namespace (fresh /dev/shm and /tmp); at the same time a 1-node job whose driver fails (config error, exit 2) runs through
 `ray job submit` and must end FAILED with ExitCode 2, and a 1-node job is cancelled while its driver
 runs. Every job must leave no process behind."""
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +28,11 @@ from cluster_fixtures import (
     write_judge,
     write_pairs,
 )
+from isolated_cluster import SHARED_ROOT
 
-SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/tmp/rlaif-slurm"))
+# Outside /tmp: node n2 runs in its own mount namespace (fresh /dev/shm and /tmp) and must still see it.
+SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/var/tmp/rlaif-slurm"))
+ISOLATED_NODE = "n2"
 JOB_TIMEOUT_S = 300
 N_PAIRS = 12
 
@@ -50,7 +54,8 @@ def slurm_env():
         pytest.skip(reason)
     pidfile = SLURM_DIR / "slurmctld.pid"
     was_up = pidfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}").exists()
-    env = {**os.environ, "LOCAL_SLURM_DIR": str(SLURM_DIR), "LOCAL_SLURM_NODES": "4", "LOCAL_SLURM_CPUS": "2"}
+    env = {**os.environ, "LOCAL_SLURM_DIR": str(SLURM_DIR), "LOCAL_SLURM_NODES": "4", "LOCAL_SLURM_CPUS": "2",
+           "LOCAL_SLURM_ISOLATED": ISOLATED_NODE}
     subprocess.run([str(LOCAL_SLURM), "start"], env=env, check=True, timeout=300)
     env["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
     yield env
@@ -88,7 +93,8 @@ def _wait(env: dict, job_id: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def jobs(slurm_env, tmp_path_factory):
     """Submit both jobs at once (they land on different fake nodes) so they share the wall time."""
-    ok_dir = tmp_path_factory.mktemp("label")
+    SHARED_ROOT.mkdir(exist_ok=True)
+    ok_dir = Path(tempfile.mkdtemp(prefix="slurm-label-", dir=SHARED_ROOT))  # n2 sees only shared paths
     judge = write_judge(ok_dir)
     write_pairs(ok_dir / "pairs.jsonl", N_PAIRS)
     ok_tmp = short_tmpdir("rs")
@@ -110,7 +116,7 @@ def jobs(slurm_env, tmp_path_factory):
     cancel = _sbatch(slurm_env, cancel_dir, ["-N", "1", "--cpus-per-task=2"], ["sleep", "600"],
                      RAY_TMPDIR_BASE=str(cancel_tmp), RAY_PORT=str(ports + 8))
     yield {"ok": (*ok, ok_dir, ok_tmp), "bad": (*bad, bad_dir, bad_tmp), "cancel": (*cancel, cancel_dir, cancel_tmp)}
-    for tmp in (ok_tmp, bad_tmp, cancel_tmp):
+    for tmp in (ok_tmp, bad_tmp, cancel_tmp, ok_dir):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -131,6 +137,8 @@ def test_two_node_label_job_completes_on_both_nodes(slurm_env, jobs):
     assert len(prefs) == N_PAIRS
     for row in prefs:  # the judge prefers the longer answer, in both presentation orders
         assert row["chosen"].startswith("a much longer") and row["p_chosen"] == 1.0, row
+    # n2 is a machine of its own: its Ray temp dir lived in its /tmp, which this host never saw.
+    assert (ray_tmp / "n1").is_dir() and not (ray_tmp / "n2").exists()
     # Teardown left no process of this job behind.
     assert _gone(str(ray_tmp)) == []
 

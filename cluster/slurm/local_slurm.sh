@@ -19,6 +19,9 @@
 #   LOCAL_SLURM_CPUS   CPUs each fake node advertises (default 2)
 #   LOCAL_SLURM_PORT   slurmctld port; node i uses PORT+i (default 6817)
 #   LOCAL_SLURM_WAIT_S seconds to wait for idle nodes  (default 60)
+#   LOCAL_SLURM_ISOLATED  nodes (e.g. "n2") whose slurmd, and so every job step on them, runs in its own
+#                      mount namespace with a fresh /dev/shm and /tmp, like a second machine; needs
+#                      LOCAL_SLURM_DIR outside /tmp and /dev/shm (the node must still see it)
 set -euo pipefail
 
 DIR=${LOCAL_SLURM_DIR:-/tmp/rlaif-slurm}
@@ -26,6 +29,7 @@ NODES=${LOCAL_SLURM_NODES:-3}
 CPUS=${LOCAL_SLURM_CPUS:-2}
 PORT=${LOCAL_SLURM_PORT:-6817}
 WAIT_S=${LOCAL_SLURM_WAIT_S:-60}
+ISOLATED=${LOCAL_SLURM_ISOLATED:-}
 CONF=$DIR/slurm.conf
 MUNGE=$DIR/munge
 SOCKET=$MUNGE/munge.socket
@@ -132,7 +136,7 @@ start() {
         start_munge
         export SLURM_CONF=$CONF
         slurmctld -i -f "$CONF"
-        for i in $(seq 1 "$NODES"); do slurmd -N "n$i" -f "$CONF"; done
+        for i in $(seq 1 "$NODES"); do start_slurmd "n$i"; done
     fi
     export SLURM_CONF=$CONF
     if ! wait_for "$WAIT_S" all_idle; then
@@ -144,6 +148,19 @@ start() {
 
 # SIGTERM the daemons in these pid files, wait up to 20 s, SIGKILL what is left; remove the files.
 # A pid counts only while its command line names $DIR: a stale pid file never hits a reused pid.
+start_slurmd() {  # $1 = node name
+    if [[ " $ISOLATED " != *" $1 "* ]]; then
+        slurmd -N "$1" -f "$CONF"
+        return
+    fi
+    case $(realpath -m "$DIR") in
+        /tmp|/tmp/*|/dev/shm|/dev/shm/*) die "LOCAL_SLURM_ISOLATED: LOCAL_SLURM_DIR ($DIR) must be outside /tmp and /dev/shm";;
+    esac
+    # slurmd daemonizes inside the new namespace; its job steps inherit it.
+    unshare --mount --propagation private bash -c \
+        "mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp && exec slurmd -N '$1' -f '$CONF'"
+}
+
 stop_pids() {
     local pidfile pid pids=()
     for pidfile in "$@"; do
