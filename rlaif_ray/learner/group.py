@@ -3,10 +3,12 @@
     group = LearnerGroup(learner_cfg, model_cfg, {"dpo": DPOObjective(...)}, name="policy")
     out = group.forward("dpo", batch)                   # no-grad outputs, rows in input order
     metrics = group.train_step("dpo", batch)            # one optimizer step on the whole batch
-    state = group.state_for_sync()                      # HF-named full weights (ZeRO-3 gathered, LoRA merged)
+    state = group.state_for_sync()                      # full weights via the driver: tests only (jobs use
+                                                        # rlaif_ray.sync.WeightSync: rank 0 -> engines)
     group.save(dir, extra); extra = group.load(dir)     # HF safetensors + DeepSpeed/optimizer + RNG
     group.set_reference(path | "initial" | None)        # frozen reference; forward(..., model="reference")
     group.set_lr(lr); group.shutdown()
+    refs = group.submit("send_weights", ...); group.wait(refs, what)   # calls that run beside other actors'
 
 A batch is a dict of tensors with rows on dim 0, plus optional lists (e.g. "ids"); the group splits
 it evenly across ranks. An objective is a small picklable object with `loss(model, batch) ->
