@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -72,6 +74,17 @@ def _free(port: int) -> bool:
 def short_tmpdir(prefix: str) -> Path:
     """A temp dir directly under /tmp: Ray's unix sockets live below it and paths are capped at 107."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def terminate(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM (a `ray start --block` then stops its node), SIGKILL if it is still there after `timeout_s`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def processes_mentioning(text: str) -> list[str]:

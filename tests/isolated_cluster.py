@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from cluster_fixtures import REPO, VENV, free_port_block, processes_mentioning, short_tmpdir
+from cluster_fixtures import REPO, VENV, free_port_block, processes_mentioning, short_tmpdir, terminate
 
 SHARED_ROOT = REPO / ".test-shared"  # the only writable place every node sees: under the checkout
 
@@ -120,13 +120,7 @@ class IsolatedCluster:
 
     def stop(self) -> None:
         for pr in reversed(self.procs):  # workers first, then the head
-            if pr.poll() is None:
-                pr.send_signal(signal.SIGTERM)
-            try:
-                pr.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pr.kill()
-                pr.wait()
+            terminate(pr)
         self.procs = []
         shutil.rmtree(self.shared, ignore_errors=True)
         time.sleep(1)

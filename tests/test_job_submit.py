@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from cluster_fixtures import (
     processes_mentioning,
     read_jsonl,
     short_tmpdir,
+    terminate,
     write_judge,
     write_pairs,
 )
@@ -51,12 +51,7 @@ def ray_head():
         _wait_dashboard(head, url, env["RAY_AUTH_TOKEN"])
         yield url, env
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
+        terminate(head)
         leftover = processes_mentioning(str(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert leftover == [], "Ray processes outlived their head"
