@@ -188,3 +188,27 @@ def test_partial_section_override_keeps_the_parents_default_instance():
     cfg = load(DemoJob, overrides=["judge.model=tiny", "rm_learner.dtype=fp32"])
     assert cfg.judge.kind == "local" and cfg.judge.model == "tiny"  # DemoJob's judge, not JudgeConfig()'s
     assert cfg.rm_learner.lr == 2e-4 and cfg.rm_learner.dtype == "fp32"
+
+
+def test_list_items_are_overridden_by_index(tmp_path):
+    cfg = load(TrainDPOJob, None, ["stages.0.lr=1e-4", "stages.0.loss=ipo"])  # onto the default list
+    assert (len(cfg.stages), cfg.stages[0].lr, cfg.stages[0].loss, cfg.stages[0].name) == (1, 1e-4, "ipo", "ai")
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump({"stages": [{"name": "ai"}, {"name": "human", "beta": 0.2}]}))
+    cfg = load(TrainDPOJob, path, ["stages.1.beta=0.3", "stages.1.reference=previous"])  # into the file's list
+    assert [(s.name, s.beta, s.reference) for s in cfg.stages] == [("ai", 0.1, "initial"), ("human", 0.3, "previous")]
+    with pytest.raises(ConfigError, match=r"stages.2.lr: '2' is not an item of the list \(2 items\)"):
+        load(TrainDPOJob, path, ["stages.2.lr=1e-4"])
+    with pytest.raises(ConfigError, match=r"stages.1: no item 1 \(the list has 1\)"):
+        load(TrainDPOJob, None, ["stages.1.lr=1e-4"])
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.lr: -1.0 must be greater than 0"):
+        load(TrainDPOJob, None, ["stages.0.lr=-1"])
+
+
+def test_exponent_without_a_dot_is_a_number_in_files_and_overrides(tmp_path):
+    path = tmp_path / "dpo.yaml"
+    path.write_text("learner:\n  lr: 1e-4\n")  # YAML 1.1 alone would read this as the string '1e-4'
+    assert load(TrainDPOJob, path).learner.lr == 1e-4
+    assert load(TrainDPOJob, None, ["learner.lr=5E-6"]).learner.lr == 5e-6
+    with pytest.raises(ConfigError, match="learner.lr: expected a number, got str 'fast'"):
+        load(TrainDPOJob, None, ["learner.lr=fast"])

@@ -9,6 +9,7 @@ values with the full key path named (`learner.zero_stage: 4 is above the maximum
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -44,6 +45,9 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
         if len(args) < len(typing.get_args(tp)):
             return True, args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
     return False, tp
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class _Override(str):
@@ -101,6 +105,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
         if value != value:  # NaN passes every bound check
@@ -152,7 +158,9 @@ def _build(cls: type[T], data: dict[str, Any], path: str = "") -> T:
         where = f"{path}.{name}" if path else name
         if name in data:
             raw = data[name]
-            if isinstance(raw, dict) and f.default_factory is not dataclasses.MISSING:
+            if _indexed(raw) and f.default_factory is not dataclasses.MISSING:
+                raw = _merge_items(f.default_factory(), raw, where)  # stages.0.lr=... onto the default list
+            elif isinstance(raw, dict) and f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
                 if dataclasses.is_dataclass(default):
                     # A partial section overrides this field's own default instance (e.g. the demo's
@@ -185,21 +193,45 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _indexed(raw: Any) -> bool:
+    """A mapping of list positions ({"0": {...}}), as overrides build it for a list the file left out."""
+    return isinstance(raw, dict) and bool(raw) and all(str(k).isdigit() for k in raw)
+
+
+def _merge_items(default: list, raw: dict, where: str) -> list:
+    items = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in default]
+    for k, v in raw.items():
+        i = int(k)
+        if i >= len(items):
+            raise ConfigError(f"{where}.{k}: no item {i} (the list has {len(items)})")
+        items[i] = _merge(items[i], v) if isinstance(v, dict) and isinstance(items[i], dict) else v
+    return items
+
+
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML scalars/lists."""
+    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML scalars/lists. A number
+    addresses a list item (`stages.0.lr=1e-4`), in the file's list or in the field's default."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
         value = _override(raw)
-        node = data
+        node: Any = data
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"{key}: {part} is a value, not a section")
-            node = nxt
-        node[parts[-1]] = value
+        for n, part in enumerate(parts):
+            last = n == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{key}: {part!r} is not an item of the list ({len(node)} items)")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{key}: {parts[n - 1]} is a value, not a section")
+            elif not last:
+                node.setdefault(part, {})
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
     return data
 
 
