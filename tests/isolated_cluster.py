@@ -18,30 +18,38 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cluster_fixtures import REPO, VENV, free_port_block, processes_mentioning, short_tmpdir, terminate
 
 SHARED_ROOT = REPO / ".test-shared"  # the only writable place every node sees: under the checkout
 
 
-def isolated(command: str) -> list[str]:
-    """argv that runs the shell `command` in a new mount namespace with fresh /dev/shm and /tmp."""
-    return ["unshare", "--mount", "--propagation", "private", "bash", "-c",
-            f"mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp && {command}"]
+ISOLATE = REPO / "cluster" / "isolate_node.sh"
+SHARED_PATHS = (REPO, VENV)  # what a cluster's shared filesystem would hold, wherever the checkout lies
+
+
+def isolated(*argv: str) -> list[str]:
+    """argv that runs `argv` in a new mount namespace with fresh /dev/shm and /tmp (the checkout kept)."""
+    shares = [a for p in SHARED_PATHS for a in ("--share", str(p))]
+    return [str(ISOLATE), *shares, "--", *argv]
 
 
 def why_not_isolated() -> str | None:
     if os.geteuid() != 0:
         return "isolated nodes need root (mount namespaces); CI runs as root"
-    probe = subprocess.run(isolated("test ! -e /tmp/.probe-" + secrets.token_hex(4)), capture_output=True, text=True)
-    return None if probe.returncode == 0 else f"unshare -m failed: {probe.stderr.strip()}"
+    marker = Path(tempfile.mkdtemp(prefix="probe-", dir="/tmp"))
+    probe = subprocess.run(isolated("bash", "-c", f"test ! -e {marker} && test -d {REPO}/rlaif_ray"),
+                           capture_output=True, text=True)
+    marker.rmdir()
+    return None if probe.returncode == 0 else f"isolate_node.sh failed ({probe.returncode}): {probe.stderr.strip()}"
 
 
 @dataclass
@@ -88,11 +96,11 @@ class IsolatedCluster:
         for i, node in enumerate(self.nodes):
             # Each node's agent port differs (they share the host's port space across loopback addresses
             # only where Ray binds the node's own address).
-            cmd = (f"exec {shlex.quote(ray)} start --block --address={self.address} --node-ip-address={node.ip} "
-                   f"--temp-dir=/tmp/ray-{self.tag} --num-cpus={node.cpus} --dashboard-agent-listen-port={p + 3 + i} "
-                   f"--object-store-memory=268435456 --resources={shlex.quote(json.dumps(node.resources))}")
-            self.procs.append(subprocess.Popen(isolated(cmd), env=self.env, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL))
+            cmd = isolated(ray, "start", "--block", f"--address={self.address}", f"--node-ip-address={node.ip}",
+                           f"--temp-dir=/tmp/ray-{self.tag}", f"--num-cpus={node.cpus}",
+                           f"--dashboard-agent-listen-port={p + 3 + i}", "--object-store-memory=268435456",
+                           f"--resources={json.dumps(node.resources)}")
+            self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self._wait_nodes(1 + len(self.nodes))
 
     def _wait_nodes(self, want: int, timeout_s: float = 180) -> None:

@@ -28,11 +28,10 @@ from cluster_fixtures import (
     write_judge,
     write_pairs,
 )
-from isolated_cluster import SHARED_ROOT
+from isolated_cluster import SHARED_PATHS, SHARED_ROOT
 
-# Outside /tmp: node n2 runs in its own mount namespace (fresh /dev/shm and /tmp) and must still see it.
-SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/var/tmp/rlaif-slurm"))
-ISOLATED_NODE = "n2"
+SLURM_DIR = Path(os.environ.get("LOCAL_SLURM_DIR", "/tmp/rlaif-slurm"))
+ISOLATED_NODE = "n2"  # its own mount namespace: fresh /dev/shm and /tmp, the checkout and SLURM_DIR kept
 JOB_TIMEOUT_S = 300
 N_PAIRS = 12
 
@@ -55,7 +54,7 @@ def slurm_env():
     pidfile = SLURM_DIR / "slurmctld.pid"
     was_up = pidfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}").exists()
     env = {**os.environ, "LOCAL_SLURM_DIR": str(SLURM_DIR), "LOCAL_SLURM_NODES": "4", "LOCAL_SLURM_CPUS": "2",
-           "LOCAL_SLURM_ISOLATED": ISOLATED_NODE}
+           "LOCAL_SLURM_ISOLATED": ISOLATED_NODE, "LOCAL_SLURM_SHARE": " ".join(map(str, SHARED_PATHS))}
     subprocess.run([str(LOCAL_SLURM), "start"], env=env, check=True, timeout=300)
     env["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
     yield env

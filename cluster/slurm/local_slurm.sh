@@ -20,8 +20,9 @@
 #   LOCAL_SLURM_PORT   slurmctld port; node i uses PORT+i (default 6817)
 #   LOCAL_SLURM_WAIT_S seconds to wait for idle nodes  (default 60)
 #   LOCAL_SLURM_ISOLATED  nodes (e.g. "n2") whose slurmd, and so every job step on them, runs in its own
-#                      mount namespace with a fresh /dev/shm and /tmp, like a second machine; needs
-#                      LOCAL_SLURM_DIR outside /tmp and /dev/shm (the node must still see it)
+#                      mount namespace with a fresh /dev/shm and /tmp, like a second machine
+#                      (cluster/isolate_node.sh); LOCAL_SLURM_DIR stays visible there
+#   LOCAL_SLURM_SHARE  more paths an isolated node must see even if they lie under /tmp (checkout, venv)
 set -euo pipefail
 
 DIR=${LOCAL_SLURM_DIR:-/tmp/rlaif-slurm}
@@ -30,6 +31,8 @@ CPUS=${LOCAL_SLURM_CPUS:-2}
 PORT=${LOCAL_SLURM_PORT:-6817}
 WAIT_S=${LOCAL_SLURM_WAIT_S:-60}
 ISOLATED=${LOCAL_SLURM_ISOLATED:-}
+SHARE=${LOCAL_SLURM_SHARE:-}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONF=$DIR/slurm.conf
 MUNGE=$DIR/munge
 SOCKET=$MUNGE/munge.socket
@@ -153,12 +156,10 @@ start_slurmd() {  # $1 = node name
         slurmd -N "$1" -f "$CONF"
         return
     fi
-    case $(realpath -m "$DIR") in
-        /tmp|/tmp/*|/dev/shm|/dev/shm/*) die "LOCAL_SLURM_ISOLATED: LOCAL_SLURM_DIR ($DIR) must be outside /tmp and /dev/shm";;
-    esac
+    local args=(--share "$DIR") p
+    for p in $SHARE; do args+=(--share "$p"); done
     # slurmd daemonizes inside the new namespace; its job steps inherit it.
-    unshare --mount --propagation private bash -c \
-        "mount -t tmpfs tmpfs /dev/shm && mount -t tmpfs tmpfs /tmp && exec slurmd -N '$1' -f '$CONF'"
+    "$HERE/../isolate_node.sh" "${args[@]}" -- slurmd -N "$1" -f "$CONF"
 }
 
 stop_pids() {

@@ -223,15 +223,19 @@ class LearnerActor:
         self._transfer = TransferGroup.join(host, port, 0, world, backend, timeout_s, store=self._transfer_store)
 
     def send_weights(self, bucket_bytes: int, dtype: str) -> int:
-        """Every rank (ZeRO-3 gathers one parameter at a time); rank 0 streams them out. Bytes sent."""
+        """Every rank (ZeRO-3 gathers one parameter at a time); rank 0 streams them out. Bytes sent. A
+        tied output head is left out: it is the embedding, and the engines tie it again."""
         from ..models import torch_dtype
-        from .checkpoint import iter_full_state
+        from .checkpoint import _hf_target, iter_full_state
 
         named = iter_full_state(self.engine.module, self.cfg.zero_stage == 3, self.rank)
         if self.rank != 0:
             for _ in named:
                 pass
             return 0
+        config = getattr(_hf_target(self.engine.module), "config", None)
+        if getattr(config, "tie_word_embeddings", False):
+            named = ((k, v) for k, v in named if k != "lm_head.weight")
         return self._transfer.send(named, bucket_bytes, torch_dtype(dtype))
 
     def send_raw(self, nbytes: int) -> None:
