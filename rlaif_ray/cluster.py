@@ -73,8 +73,9 @@ class SharedPathError(RuntimeError):
 def check_shared_paths(paths: dict[str, str | None], timeout_s: float = 120.0) -> None:
     """One tiny task on every alive node checks that it sees each path the driver sees: the run dir (a
     marker file the driver writes there now, so a same-named local dir does not pass) and the model dirs.
-    `run_dir` is created first. Paths the driver itself does not have (hub ids, unset options) are skipped. Node-local scratch
-    (/dev/shm, /tmp, Ray's temp dir) is never shared on a real cluster: keep run_dir and models elsewhere."""
+    `run_dir` is created first. Paths the driver itself does not have (hub ids, unset options) are
+    skipped. Node-local scratch (/dev/shm, /tmp, Ray's temp dir) is never shared on a real cluster: keep
+    run_dir and models elsewhere."""
     import uuid
 
     import ray

@@ -6,7 +6,7 @@ torch.distributed world, on NCCL between GPUs and gloo between CPUs; nothing els
     store = serve_store(timeout_s)                                  # learner rank 0: bind, then publish
     group = TransferGroup.join(host, store.port, rank, world, backend, timeout_s, store=store)
     group.send(named_tensors, bucket_bytes, dtype)                 # rank 0: returns bytes sent
-    for name, tensor in group.receive(device): ...                 # ranks 1..N, in the sender's order
+    for name, tensor in group.receive(): ...                       # ranks 1..N, in the sender's order
 
 A bucket is three broadcasts: its sizes, its header (names, dtypes, shapes, offsets; pickled) and one
 flat uint8 buffer. Sizes (0, 0) end the stream. A receiver yields views of a fresh buffer per bucket, so a
@@ -17,6 +17,7 @@ overwritten. `send_raw` / `receive_raw` move one flat buffer of the same bytes: 
 from __future__ import annotations
 
 import datetime
+import math
 import pickle
 from collections.abc import Iterable, Iterator
 
@@ -39,7 +40,7 @@ class TransferGroup:
 
     @classmethod
     def join(cls, host: str, port: int, rank: int, world: int, backend: str, timeout_s: float,
-             store=None, device=None) -> TransferGroup:
+             store=None) -> TransferGroup:
         """Blocks until all `world` members have joined. `store`: rank 0's own (from `serve_store`)."""
         import torch
         import torch.distributed as dist
@@ -52,7 +53,7 @@ class TransferGroup:
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = timeout
             pg = dist.ProcessGroupNCCL(prefixed, rank, world, opts)
-            device = device or torch.device("cuda", torch.cuda.current_device())
+            device = torch.device("cuda", torch.cuda.current_device())
         else:
             pg = dist.ProcessGroupGloo(prefixed, rank, world, timeout)
             device = torch.device("cpu")
@@ -118,7 +119,7 @@ class TransferGroup:
             self._bcast(buf)
             for name, dtype, shape, off in pickle.loads(head.cpu().numpy().tobytes()):
                 dt = getattr(torch, dtype)
-                n = _numel(shape) * torch.empty((), dtype=dt).element_size()
+                n = math.prod(shape) * dt.itemsize
                 yield name, buf[off:off + n].view(dt).view(shape)
 
     def send_raw(self, nbytes: int) -> None:
@@ -142,9 +143,3 @@ def _root0():
     opts.rootRank = 0
     return opts
 
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
