@@ -11,7 +11,6 @@ BENCHES = {
     "learner": "our DPO learner group vs TRL DPOTrainer (tokens/s), PPO iteration time split",
     "sync": "learner -> rollout weight sync vs a plain memcpy of the same bytes",
 }
-CONFIG = None
 
 
 def add_arguments(parser) -> None:

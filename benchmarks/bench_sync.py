@@ -79,7 +79,7 @@ def run(args) -> int:
     learners = LearnerGroup(LearnerConfig(num_ranks=1, zero_stage=0, cpus_per_rank=cores, shm_comm=False),
                             ModelConfig(path=learner_path), {"dpo": DPOObjective(beta=0.1)}, name="bench-sync")
     try:
-        sync = WeightSync(pool, SyncConfig(verify="every", tolerance=1e-3), learners)
+        sync = WeightSync(pool, SyncConfig(verify_every=1, tolerance=1e-3), learners)
         reports = []
         with PeakRSS() as rss:
             for version in range(1, args.repeats + 1):

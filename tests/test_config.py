@@ -17,6 +17,7 @@ from rlaif_ray.config import (
     save,
     to_dict,
 )
+from rlaif_ray.jobs import Job
 
 
 @pytest.mark.parametrize("override, message", [
@@ -74,7 +75,8 @@ def test_override_text_for_string_fields_stays_text():
     cfg = load(TrainPPOJob, None, ["prompts=p.jsonl", "run_dir=2024", "policy.path=no", "policy.tokenizer=1.50", "sync.verify=3",
                                    "reward.rm_path=null"])
     assert (cfg.run_dir, cfg.policy.path, cfg.policy.tokenizer, cfg.sync.verify) == ("2024", "no", "1.50", "3")
-    assert cfg.reward.rm_path is None
+    assert cfg.reward.rm_path is None and cfg.sync.verify_every == 3  # the older spelling still works
+    assert load(TrainPPOJob, None, ["prompts=p.jsonl", "sync.verify=never"]).sync.verify_every == 0
     with pytest.raises(ConfigError, match="learner.lr: NaN is not allowed"):
         load(TrainPPOJob, None, ["prompts=p.jsonl", "learner.lr=.nan"])
     with pytest.raises(ConfigError, match="sampling.stop: expected a list, got str '\\[unclosed'"):
@@ -134,16 +136,14 @@ def test_save_round_trip(tmp_path):
 
 
 def test_every_field_has_a_doc():
-    from rlaif_ray.config import JOB_CONFIGS
+    from rlaif_ray.jobs import JOBS
 
-    for job, cls in JOB_CONFIGS.items():
-        for key, doc, _ in describe(cls):
-            assert doc.strip(), f"{job}: {key} has no doc"
+    for name, job in JOBS.items():
+        for key, doc, _ in describe(job.config) if job.config else ():
+            assert doc.strip(), f"{name}: {key} has no doc"
 
 
 JOB_MODULE = """
-from rlaif_ray.config import TrainDPOJob
-CONFIG = TrainDPOJob
 def run(cfg, args):
     print("ran with zero_stage", cfg.learner.zero_stage)
     return 0
@@ -156,7 +156,7 @@ def cli_job(tmp_path, monkeypatch):
     of the real jobs are built yet."""
     (tmp_path / "cfg_test_job.py").write_text(JOB_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(cli.JOBS, "cfg-test", ("cfg_test_job", "a test job"))
+    monkeypatch.setitem(cli.JOBS, "cfg-test", Job("cfg_test_job", "a test job", TrainDPOJob))
     return "cfg-test"
 
 

@@ -26,7 +26,7 @@ from rlaif_ray.testing.fake_api import FakeAPI
 pytestmark = pytest.mark.slow
 TRAIN, ROLLOUT = "127.0.0.12", "127.0.0.13"
 PPO_ARGS = ["--config", str(REPO / "configs/train_ppo_toy.yaml"), f"prompts={REPO / 'configs/train_ppo_toy.prompts.jsonl'}",
-            "ppo.steps=3", "ppo.prompts_per_step=16", "checkpoint_every=3", "sync.verify=every"]
+            "ppo.steps=3", "ppo.prompts_per_step=16", "checkpoint_every=3", "sync.verify_every=1"]
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,7 @@ def test_sync_from_zero3_learners_then_greedy_ids_equal_fresh_engine_on_new_weig
     greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=16)
     before = pool.generate(PROMPTS, greedy)
     with learners_on(new_path, "sync-z3") as learners:  # 2 ranks, parameters sharded: gathered one by one
-        report = WeightSync(pool, SyncConfig(verify="every", tolerance=1e-4), learners).push(1)
+        report = WeightSync(pool, SyncConfig(verify_every=1, tolerance=1e-4), learners).push(1)
     assert report.transfer == "gloo" and report.verified and report.max_abs_diff <= 1e-4
     assert report.bytes > 7_000_000 and pool.versions() == [1, 1]
     # The same batch on each side: a random tiny model has near-ties that batch shape can flip.
@@ -186,8 +186,8 @@ def test_lora_merged_sync_verifies_and_a_wrong_engine_is_named(engines, tiny_mod
         batch["ref_logps"] = learners.forward("dpo", batch)["logps"]
         for _ in range(3):  # lora_B starts at zero: train it so the merge matters
             learners.train_step("dpo", batch)
-        sync = WeightSync(pool, SyncConfig(verify="2", tolerance=1e-4), learners)
-        assert sync.push(2).verified is None  # verify="2": not this push
+        sync = WeightSync(pool, SyncConfig(verify_every=2, tolerance=1e-4), learners)
+        assert sync.push(2).verified is None  # verify_every=2: not this push
         report = sync.push(3)
         assert report.verified and report.max_abs_diff <= 1e-4 and pool.versions() == [3, 3]
         merged_probe = learners.probe_logprobs(sync.probe)

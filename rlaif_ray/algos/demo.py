@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import time
@@ -33,8 +32,8 @@ from ..config import (
     TrainRMJob,
     save,
 )
+from ..jobs import JOBS
 
-CONFIG = DemoJob
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +68,7 @@ class Stages:
             log.info("demo: %s already done (%s), skipping", job, done_marker)
             self.times[job] = 0.0
             return
-        module = importlib.import_module(f"rlaif_ray.algos.{job.replace('-', '_')}")
+        module = JOBS[job].load()
         save(cfg, cfg.run_dir)
         print(f"\n=== {job}  (elapsed {self.elapsed() / 60:.1f} of {self.budget_s / 60:.0f} min) ===", flush=True)
         t0 = time.perf_counter()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ..config import EvalJob, SyncConfig
 
-CONFIG = EvalJob
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +78,7 @@ def generate_answers(cfg: EvalJob, prompts, run_dir: Path) -> tuple[dict[str, li
                 if pool is not None:
                     pool.shutdown()
                 pool = RolloutPool(path, cfg.rollout, seed=cfg.seed, dtype=cfg.dtype, name=f"eval-{name}")
-                sync, pool_key = WeightSync(pool, SyncConfig(verify="never")), key
+                sync, pool_key = WeightSync(pool, SyncConfig(verify_every=0)), key
             if name not in samples:
                 samples[name] = [s[0] if s else None for s in pool.generate([p.prompt for p in prompts], cfg.sampling)]
             seq_lp = pool.workers[0].sequence_logprobs  # raw log-probs under this pool's model

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from ..config.jobs import GeneratePairsJob
 
-CONFIG = GeneratePairsJob
 log = logging.getLogger(__name__)
 
 

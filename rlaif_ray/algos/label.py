@@ -16,7 +16,6 @@ from pathlib import Path
 
 from ..config import LabelJob
 
-CONFIG = LabelJob
 log = logging.getLogger(__name__)
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ..config.jobs import LabelHumanJob
 
-CONFIG = LabelHumanJob
 KEYS = {"1", "2", "s", "q"}
 
 

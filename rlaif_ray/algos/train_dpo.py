@@ -14,7 +14,6 @@ import os
 
 from ..config.jobs import TrainDPOJob
 
-CONFIG = TrainDPOJob
 log = logging.getLogger(__name__)
 
 

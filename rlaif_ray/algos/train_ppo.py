@@ -29,7 +29,6 @@ from dataclasses import replace
 
 from ..config.jobs import TrainPPOJob
 
-CONFIG = TrainPPOJob
 log = logging.getLogger("rlaif_ray.train_ppo")
 TIMED = ("generate", "score", "train", "sync", "checkpoint")
 

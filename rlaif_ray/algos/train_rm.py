@@ -13,7 +13,6 @@ import logging
 
 from ..config.jobs import TrainRMJob
 
-CONFIG = TrainRMJob
 log = logging.getLogger(__name__)
 
 

@@ -11,8 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-CONFIG = None
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL or Parquet files")

@@ -1,11 +1,11 @@
 """Typed configs: `schema` holds the machinery, `roles` the actor roles, `jobs` one dataclass per job."""
 
 from .jobs import (
-    JOB_CONFIGS,
     DemoJob,
     DPOStage,
     EvalJob,
     GeneratePairsJob,
+    LabelHumanJob,
     LabelJob,
     PPOConfig,
     RewardConfig,
@@ -29,9 +29,9 @@ from .roles import (
 from .schema import ConfigError, apply_overrides, describe, from_dict, load, save, to_dict
 
 __all__ = [
-    "JOB_CONFIGS", "ConfigError", "DPOStage", "DemoJob", "EvalJob", "FeedbackPoolConfig", "GeneratePairsJob",
-    "JudgeConfig", "LabelJob", "LearnerConfig", "LoraConfig", "ModelConfig", "PPOConfig", "RateLimitConfig",
-    "RayConfig", "RetryConfig", "RewardConfig", "RolloutConfig", "SamplingConfig", "SyncConfig",
-    "TrainDPOJob", "TrainPPOJob", "TrainRMJob", "apply_overrides", "describe", "from_dict", "load", "save",
-    "to_dict",
+    "ConfigError", "DPOStage", "DemoJob", "EvalJob", "FeedbackPoolConfig", "GeneratePairsJob",
+    "JudgeConfig", "LabelHumanJob", "LabelJob", "LearnerConfig", "LoraConfig", "ModelConfig", "PPOConfig",
+    "RateLimitConfig", "RayConfig", "RetryConfig", "RewardConfig", "RolloutConfig", "SamplingConfig",
+    "SyncConfig", "TrainDPOJob", "TrainPPOJob", "TrainRMJob", "apply_overrides", "describe", "from_dict",
+    "load", "save", "to_dict",
 ]

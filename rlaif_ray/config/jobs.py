@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .roles import (
+    Dtype,
     FeedbackPoolConfig,
     JudgeConfig,
     LearnerConfig,
@@ -89,7 +91,7 @@ class DPOStage:
     epochs: int = field_(1, "passes over the stage's data", ge=1)
     lr: float = field_(5e-6, "learning rate of this stage", gt=0)
     beta: float = field_(0.1, "DPO temperature", gt=0)
-    loss: str = field_("sigmoid", "DPO variant", choices=["sigmoid", "ipo", "conservative"])
+    loss: Literal["sigmoid", "ipo", "conservative"] = field_("sigmoid", "DPO variant")
     label_smoothing: float = field_(0.0, "conservative-DPO epsilon", ge=0, le=0.5)
     soft_labels: bool = field_(False, "use the judge's P(a > b) as the target (soft-label DPO)")
     reference: str = field_("initial", "reference model: 'initial', 'previous' (last stage's policy) or a path")
@@ -108,13 +110,13 @@ class TrainDPOJob:
 
 @dataclass
 class RewardConfig:
-    source: str = field_("rm", "where PPO rewards come from", choices=["rm", "judge", "function"])
+    source: Literal["rm", "judge", "function"] = field_("rm", "where PPO rewards come from")
     rm_path: str | None = field_(None, "reward model checkpoint for source=rm")
     function: str | None = field_(None, "module:function(prompt, response) -> float for source=function")
     judge: JudgeConfig = field_(JudgeConfig(), "judge asked for a 1-10 score for source=judge")
     batch_size: int = field_(16, "sequences per reward-model forward", ge=1)
     max_length: int = field_(512, "truncation length of the reward model", ge=8)
-    dtype: str = field_("fp32", "reward-model weights dtype", choices=["fp32", "bf16", "fp16"])
+    dtype: Dtype = field_("fp32", "reward-model weights dtype")
     num_cpus: float = field_(1.0, "CPUs Ray reserves for the RewardScorer (also its torch threads)", ge=0)
     num_gpus: float = field_(0.0, "GPUs Ray reserves for the RewardScorer", ge=0)
     judge_actors: int = field_(1, "labeling-pool actors asked for scores for source=judge", ge=1)
@@ -140,10 +142,10 @@ class PPOConfig:
     kl_horizon: int = field_(10000, "adaptive KL controller horizon", ge=1)
     whiten_advantages: bool = field_(True, "normalise advantages per batch")
     reward_scale: float = field_(1.0, "multiply rewards before the KL penalty", gt=0)
-    critic: str = field_("value_head", "critic: a value head on the policy or a separate model",
-                         choices=["value_head", "separate"])
+    critic: Literal["value_head", "separate"] = field_("value_head", "critic: a value head on the policy or a "
+                                                       "separate model")
     critic_path: str | None = field_(None, "backbone of a separate critic (None: the policy's weights)")
-    kl_estimator: str = field_("k1", "per-token KL estimator in the reward penalty", choices=["k1", "k3"])
+    kl_estimator: Literal["k1", "k3"] = field_("k1", "per-token KL estimator in the reward penalty")
     reward_clip: float | None = field_(None, "clip scaled sequence scores to [-c, c] (None: no clip)", gt=0)
 
 
@@ -188,7 +190,7 @@ class EvalJob:
     reward_model: str | None = field_(None, "optional RM checkpoint to score every answer")
     kl_reference: str | None = field_(None, "policy name whose model is the KL reference: per-answer "
                                       "sum of log pi(y|x) - log ref(y|x) (None: skip)")
-    dtype: str = field_("fp32", "weights dtype of the policies' engines", choices=["fp32", "bf16"])
+    dtype: Literal["fp32", "bf16"] = field_("fp32", "weights dtype of the policies' engines")
     examples: int = field_(3, "best and worst examples kept per compared pair", ge=0)
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
@@ -227,15 +229,3 @@ class DemoJob:
     sync: SyncConfig = field_(SyncConfig(), "weight sync of train-ppo")
     seed: int = field_(0, "seed of eval position randomisation and bootstrap", ge=0)
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
-
-
-JOB_CONFIGS: dict[str, type] = {
-    "label": LabelJob,
-    "label-human": LabelHumanJob,
-    "generate-pairs": GeneratePairsJob,
-    "train-rm": TrainRMJob,
-    "train-dpo": TrainDPOJob,
-    "train-ppo": TrainPPOJob,
-    "eval": EvalJob,
-    "demo": DemoJob,
-}

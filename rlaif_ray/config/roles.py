@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .schema import ConfigError, field_
+
+Dtype = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -14,8 +17,8 @@ class RayConfig:
     num_cpus: int | None = field_(None, "logical CPUs a local Ray advertises (None: max(cores, 8))", ge=1)
     object_store_mb: int | None = field_(512, "object store size of a local Ray in MiB (None: Ray's 30% of RAM)", ge=64)
     temp_dir: str | None = field_(None, "temp dir of a local Ray (None: a fresh one under /tmp)")
-    placement_strategy: str = field_("PACK", "placement-group strategy for actor bundles",
-                                     choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = field_(
+        "PACK", "placement-group strategy for actor bundles")
 
 
 @dataclass
@@ -32,7 +35,7 @@ class ModelConfig:
     path: str = field_("tiny", "HF id or local dir; 'smollm2' = the offline SmolLM2-135M-Instruct; "
                        "'tiny' = a locally built tiny Llama (see tiny_params)")
     tokenizer: str | None = field_(None, "tokenizer id/dir when it differs from `path`")
-    dtype: str = field_("fp32", "weights dtype", choices=["fp32", "bf16", "fp16"])
+    dtype: Dtype = field_("fp32", "weights dtype")
     lora: LoraConfig = field_(LoraConfig(), "LoRA adapters (peft)")
     tiny_params: int = field_(2_000_000, "size of the tiny model when path='tiny'", ge=100_000, le=200_000_000)
     cache_dir: str | None = field_(None, "where built/converted models are cached (None: ~/.cache/rlaif-ray)")
@@ -57,14 +60,14 @@ class RetryConfig:
 
 @dataclass
 class JudgeConfig:
-    kind: str = field_("function", "judge backend",
-                       choices=["anthropic", "anthropic-batch", "openai", "local", "function"])
+    kind: Literal["anthropic", "anthropic-batch", "openai", "local", "function"] = field_("function",
+                                                                                         "judge backend")
     model: str = field_("claude-sonnet-4-5", "model name sent to the API, or model path for kind=local")
     base_url: str | None = field_(None, "API base URL (None: the SDK default / env var)")
     function: str | None = field_(None, "module:function(prompt, a, b) -> P(a > b) for kind=function")
     score_function: str | None = field_(None, "module:function(prompt, response) -> score in [1, 10] for "
                                         "pointwise scoring with kind=function")
-    local_backend: str = field_("vllm", "engine of kind=local (transformers fallback: 'hf')", choices=["vllm", "hf"])
+    local_backend: Literal["vllm", "hf"] = field_("vllm", "engine of kind=local (transformers fallback: 'hf')")
     local_max_model_len: int = field_(2048, "context length of the kind=local engine", ge=64)
     local_batch_size: int = field_(32, "judge prompts per kind=local engine call", ge=1)
     rubric: str = field_("helpful_harmless", "rubric name from rlaif_ray/feedback/rubrics or a path to a text file")
@@ -104,14 +107,14 @@ class SamplingConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = field_("vllm", "generation engine", choices=["vllm", "hf"])
+    backend: Literal["vllm", "hf"] = field_("vllm", "generation engine")
     num_workers: int = field_(1, "rollout workers (N)", ge=1)
     tensor_parallel_size: int = field_(1, "GPUs per worker (vLLM tensor parallel)", ge=1)
     gpus_per_worker: float = field_(0.0, "GPUs Ray reserves per worker (0 on CPU)", ge=0)
     cpus_per_worker: float = field_(1.0, "CPUs Ray reserves per worker", ge=0)
     max_model_len: int = field_(1024, "context length of the engine", ge=16)
-    long_prompt: str = field_("truncate", "prompts over the limit are left-truncated or rejected",
-                              choices=["truncate", "reject"])
+    long_prompt: Literal["truncate", "reject"] = field_("truncate", "prompts over the limit are left-truncated "
+                                                        "or rejected")
     kv_cache_gib: float = field_(1.0, "KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)", gt=0)
     gpu_memory_utilization: float = field_(0.5, "fraction of GPU memory vLLM may take", gt=0, le=1)
     enforce_eager: bool = field_(True, "skip graph compilation (CPU start-up 17-33 s instead of ~100 s)")
@@ -129,8 +132,9 @@ class RolloutConfig:
 
 @dataclass
 class SyncConfig:
-    verify: str = field_("every", "check engine logprobs against the learner after a sync: "
-                         "'every', 'never' or an integer N (every N syncs)")
+    verify_every: int = field_(1, "check engine logprobs against the learner after every N-th sync (0: never)",
+                               ge=0)
+    verify: str | None = field_(None, "older spelling of verify_every: 'every' (1), 'never' (0) or an integer N")
     tolerance: float | None = field_(
         None, "max |logprob difference| on the probe sequence (None: 1e-3 for fp32 engines, 0.5 for bf16/fp16, "
         "whose rounding alone moves a logprob by ~0.1: a 16-bit check catches wrong or broken weights, "
@@ -139,8 +143,12 @@ class SyncConfig:
     bucket_mb: int = field_(256, "parameter bucket size for streamed (NCCL) sync", ge=1)
 
     def validate(self) -> None:
+        if self.verify is None:
+            return
         if self.verify not in ("every", "never") and not (self.verify.isdigit() and int(self.verify) > 0):
             raise ConfigError(f"verify: {self.verify!r} is not 'every', 'never' or a positive integer")
+        self.verify_every = {"every": 1, "never": 0}.get(self.verify, None) if not self.verify.isdigit() \
+            else int(self.verify)
 
 
 @dataclass
@@ -149,15 +157,15 @@ class LearnerConfig:
     gpus_per_rank: float = field_(0.0, "GPUs per rank (0 on CPU; NCCL is used when > 0)", ge=0)
     cpus_per_rank: float = field_(1.0, "CPUs Ray reserves per rank", ge=0)
     zero_stage: int = field_(2, "DeepSpeed ZeRO stage", ge=0, le=3)
-    dtype: str = field_("fp32", "training precision (fp16 is refused on CPU)", choices=["fp32", "bf16", "fp16"])
+    dtype: Dtype = field_("fp32", "training precision (fp16 is refused on CPU)")
     lr: float = field_(1e-5, "learning rate", gt=0)
     weight_decay: float = field_(0.0, "AdamW weight decay", ge=0)
     micro_batch_size: int = field_(4, "sequences per rank per forward", ge=1)
     grad_accum: int = field_(1, "micro-batches per optimizer step", ge=1)
     max_grad_norm: float = field_(1.0, "gradient clipping norm (0 = off)", ge=0)
     grad_checkpointing: bool = field_(False, "recompute activations to save memory")
-    optimizer: str = field_("torch_adamw", "torch AdamW (fast start); fused/cpu Adam are opt-in",
-                            choices=["torch_adamw", "fused_adam", "cpu_adam"])
+    optimizer: Literal["torch_adamw", "fused_adam", "cpu_adam"] = field_(
+        "torch_adamw", "torch AdamW (fast start); fused/cpu Adam are opt-in")
     offload_optimizer: bool = field_(False, "ZeRO optimizer-state offload to CPU (needs cpu_adam)")
     max_length: int = field_(512, "max tokens of prompt+response in training", ge=8)
     seed: int = field_(0, "seed of data order and dropout", ge=0)

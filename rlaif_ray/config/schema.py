@@ -25,9 +25,10 @@ class ConfigError(ValueError):
 
 
 def field_(default: Any, doc: str, *, ge: float | None = None, le: float | None = None,
-           gt: float | None = None, choices: typing.Sequence[Any] | None = None) -> Any:
-    """A dataclass field with a doc string and optional bounds (ge/le/gt) or allowed values."""
-    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt, "choices": tuple(choices) if choices else None}
+           gt: float | None = None) -> Any:
+    """A dataclass field with a doc string and optional bounds (ge/le/gt); allowed values are a `Literal`
+    annotation."""
+    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt}
     if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: _copy(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -134,9 +135,6 @@ def _type_name(tp: Any) -> str:
 def _check_bounds(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
     if value is None:
         return
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if meta.get("ge") is not None and value < meta["ge"]:
             raise ConfigError(f"{path}: {value} is below the minimum {meta['ge']}")

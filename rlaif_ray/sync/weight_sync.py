@@ -76,9 +76,8 @@ class WeightSync:
         return "nccl" if gpu_engines else "gloo"
 
     def verify_due(self) -> bool:
-        if self.cfg.verify == "never":
-            return False
-        return self.cfg.verify == "every" or self.pushes % int(self.cfg.verify) == 0
+        every = self.cfg.verify_every
+        return every > 0 and self.pushes % every == 0
 
     def push(self, version: int) -> SyncReport:
         """Learner rank 0 -> every engine, then the probe check when due."""

@@ -1,0 +1,49 @@
+"""The job registry: every `rlaif-ray <job>`, read by the CLI, the demo and the tests.
+
+A job's module exposes `run(cfg, args) -> exit code` and, optionally, `add_arguments(parser)` for flags
+beyond its config; `config` is its config dataclass (None for jobs configured by flags only).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from .config import (
+    DemoJob,
+    EvalJob,
+    GeneratePairsJob,
+    LabelHumanJob,
+    LabelJob,
+    TrainDPOJob,
+    TrainPPOJob,
+    TrainRMJob,
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    module: str
+    help: str
+    config: type | None = None
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+JOBS: dict[str, Job] = {
+    "validate": Job("rlaif_ray.algos.validate", "check prompts / pairs / preference files; report stats and errors"),
+    "label": Job("rlaif_ray.algos.label", "label pairs with the AI-feedback pool (Claude, OpenAI-compatible, "
+                 "local)", LabelJob),
+    "label-human": Job("rlaif_ray.algos.label_human", "label pairs by hand at the terminal", LabelHumanJob),
+    "generate-pairs": Job("rlaif_ray.algos.generate_pairs", "sample >= 2 responses per prompt into unlabeled pairs",
+                          GeneratePairsJob),
+    "train-rm": Job("rlaif_ray.algos.train_rm", "train a Bradley-Terry reward model on preferences", TrainRMJob),
+    "train-dpo": Job("rlaif_ray.algos.train_dpo", "DPO / IPO / conservative DPO in chained stages", TrainDPOJob),
+    "train-ppo": Job("rlaif_ray.algos.train_ppo", "the RLAIF PPO loop: rollouts, rewards, updates, weight sync",
+                     TrainPPOJob),
+    "eval": Job("rlaif_ray.algos.eval", "pairwise win rates of checkpoints with CIs and plots", EvalJob),
+    "bench": Job("benchmarks", "benchmarks: rollout, label, learner, sync"),
+    "demo": Job("rlaif_ray.algos.demo", "the offline quickstart: generate, label, train RM/PPO/DPO, eval", DemoJob),
+}
