@@ -109,7 +109,7 @@ def test_nan_loss_names_the_batch_and_a_dead_rank_is_named(ray_session, tiny_mod
         # the group is still usable: no step was taken, no rank is stuck
         assert _run(g, batch, steps=1)[0] == pytest.approx(0.6931472, abs=1e-5)
         ray.kill(g.actors[1])
-        with pytest.raises(LearnerError, match=g.actor_names[1]):
+        with pytest.raises(LearnerError, match=r"learner rank 1 on [\d.]+ died"):  # names the rank and its node
             g.train_step("dpo", dict(batch, ref_logps=torch.zeros(8, 2)))
     finally:
         g.shutdown()

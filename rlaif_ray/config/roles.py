@@ -92,6 +92,8 @@ class FeedbackPoolConfig:
     judge: JudgeConfig = field_(JudgeConfig(), "the judge every actor runs")
     rate_limit: RateLimitConfig = field_(RateLimitConfig(), "limits shared by the pool (split across actors)")
     retry: RetryConfig = field_(RetryConfig(), "retry policy for API judges")
+    timeout_s: float = field_(3600.0, "deadline of one pool call (start-up, a batch of compare or score); "
+                              "label shards are watched by the dispatch loop instead", gt=0)
 
 
 @dataclass

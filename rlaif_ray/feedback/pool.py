@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..cluster import bundle_strategy, placement_group
+from ..actor_group import ActorGroup
 from ..config import FeedbackPoolConfig, RayConfig
 from .actor import FeedbackActor, Secrets
 from .labels import p_a_of
@@ -35,17 +35,15 @@ class FeedbackPool:
 
     def __init__(self, cfg: FeedbackPoolConfig, ray_cfg: RayConfig, run_dir: str | None, config_hash: str = "",
                  cpus_per_actor: float = 1.0, max_restarts: int = 3):
-        import ray
-
         self.cfg, self.run_dir, self.config_hash = cfg, run_dir, config_hash
         self.store = LabelStore(run_dir) if run_dir else None
-        k = cfg.num_actors
-        self.pg = placement_group([{"CPU": cpus_per_actor}] * k, ray_cfg.placement_strategy, name=f"feedback-{id(self)}")
-        remote = ray.remote(max_restarts=max_restarts, max_concurrency=1000)(FeedbackActor)
-        labels_dir = str(self.store.dir) if self.store else None
-        self.actors = [remote.options(num_cpus=cpus_per_actor, scheduling_strategy=bundle_strategy(self.pg, i))
-                       .remote(cfg, labels_dir, config_hash, i, 1.0 / k, Secrets.from_env()) for i in range(k)]
-        self._nodes = ray.get([a.info.remote() for a in self.actors])
+        k, labels_dir, secrets = cfg.num_actors, str(self.store.dir) if self.store else None, Secrets.from_env()
+        self.group = ActorGroup(FeedbackActor, k, {"CPU": cpus_per_actor}, name="feedback", kind="feedback actor",
+                                timeout_s=cfg.timeout_s, strategy=ray_cfg.placement_strategy,
+                                options={"max_restarts": max_restarts, "max_concurrency": 1000},
+                                args=lambda i: (cfg, labels_dir, config_hash, i, 1.0 / k, secrets))
+        self.actors = self.group.actors
+        self._nodes = self.group.call("info")
         self.stop_requested = False
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -122,13 +120,11 @@ class FeedbackPool:
         return [t for t in shard if not self.store.done(t.pair_id, self.config_hash, t.order, t.sample)]
 
     def _spread(self, method: str, items: list) -> list:
-        import ray
-
+        """Chunks of `items` round the actors, results in input order, within the pool's deadline."""
         k = len(self.actors)
         chunk = max(1, -(-len(items) // k))
-        refs = [getattr(self.actors[j % k], method).remote(items[s:s + chunk])
-                for j, s in enumerate(range(0, len(items), chunk))]
-        return [x for part in ray.get(refs) for x in part]
+        parts = [items[s:s + chunk] for s in range(0, len(items), chunk)]
+        return [x for part in self.group.call(method, per_actor=[(p,) for p in parts]) for x in part]
 
     def compare(self, items: list[tuple[Any, Any, Any]]) -> list[float | None]:
         """Both-order P(a > b) per (prompt, a, b), or None when either order failed. Not stored."""
@@ -154,9 +150,5 @@ class FeedbackPool:
         return self._spread("score", items)
 
     def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        ray.util.remove_placement_group(self.pg)
+        self.group.shutdown()
         time.sleep(0.1)

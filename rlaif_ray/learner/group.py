@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable
 
 from ..config import LearnerConfig, ModelConfig
@@ -275,44 +274,36 @@ class LearnerGroup:
     def __init__(self, cfg: LearnerConfig, model_cfg: ModelConfig, objectives: dict, *,
                  model_kind: str | Callable = "causal_lm", wrap: Callable | None = None,
                  model_path: str | None = None, name: str = "learner", strategy: str = "PACK"):
-        import ray
-
-        from ..cluster import bundle_strategy, placement_group
+        from ..actor_group import ActorGroup
         from ..models import resolve_model_path
 
         check_precision(cfg)
         self.cfg, self.name = cfg, name
         self.model_path = model_path or resolve_model_path(model_cfg)
         self.tokenizer_path = model_cfg.tokenizer or self.model_path
-        tag = uuid.uuid4().hex[:6]
         bundle = {"CPU": cfg.cpus_per_rank, **({"GPU": cfg.gpus_per_rank} if cfg.gpus_per_rank else {}),
                   **cfg.resources}
-        self.pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy,
-                                  f"{name}-{tag}", timeout_s=cfg.timeout_s)
-        threads = max(1, int(cfg.cpus_per_rank))
-        cls = ray.remote(LearnerActor)
-        self.actor_names = [f"{name}-rank{i}-{tag}" for i in range(cfg.num_ranks)]
-        self.actors = [cls.options(name=n, num_cpus=cfg.cpus_per_rank, num_gpus=cfg.gpus_per_rank,
-                                   scheduling_strategy=bundle_strategy(self.pg, i), max_concurrency=1)
-                       .remote(i, cfg.num_ranks, cfg, model_cfg, objectives, model_kind, wrap, threads)
-                       for i, n in enumerate(self.actor_names)]
+        threads, n = max(1, int(cfg.cpus_per_rank)), cfg.num_ranks
         t0 = time.perf_counter()
-        addr, port = self.wait([self.actors[0].address.remote()], "address")[0]
-        ready = self._call("setup", [(addr, port, self.model_path)] * cfg.num_ranks)
+        self.group = ActorGroup(LearnerActor, n, bundle, name=name, kind=f"{name} learner rank",
+                                timeout_s=cfg.timeout_s, strategy=strategy, options={"max_concurrency": 1},
+                                args=lambda i: (i, n, cfg, model_cfg, objectives, model_kind, wrap, threads),
+                                error=LearnerError)
+        self.actors = self.group.actors
+        addr, port = self.wait(self.submit("address", ranks=[0]), "address", ranks=[0])[0]
+        ready = self._call("setup", addr, port, self.model_path)
         self.trainable_params, self.nodes = ready[0][0], [node for _, node in ready]
-        log.info("learner group %s: %d ranks, %d trainable params, ready in %.1fs", name, cfg.num_ranks,
+        log.info("learner group %s: %d ranks, %d trainable params, ready in %.1fs", name, n,
                  self.trainable_params, time.perf_counter() - t0)
 
     # -- plumbing
-    def wait(self, refs: list, what: str) -> list:
-        """ray.get one ref per rank with the group timeout; the first failure names its actor."""
+    def wait(self, refs: list, what: str, ranks: list[int] | None = None) -> list:
+        """The results of `refs` (one per rank of `ranks`, default all) with the group timeout; the first
+        failure names its actor. A non-finite loss on any rank raises NonFiniteLossError."""
         import ray
 
-        from ..cluster import wait_all
-
         try:
-            return wait_all(refs, [f"learner actor {n}" for n in self.actor_names], self.cfg.timeout_s, what,
-                            LearnerError)
+            return self.group.wait(refs, what, ranks)
         except LearnerError as e:
             cause = e.__cause__
             if isinstance(cause, ray.exceptions.RayTaskError) and isinstance(getattr(cause, "cause", None),
@@ -323,12 +314,10 @@ class LearnerGroup:
     def submit(self, method: str, *args, ranks: list[int] | None = None) -> list:
         """Start `method(*args)` on every rank (or on `ranks`) and return the refs (finish with `wait`):
         for calls that must run beside other actors' calls, like the weight transfer into the engines."""
-        return [getattr(self.actors[r], method).remote(*args) for r in (ranks or range(len(self.actors)))]
+        return self.group.submit(method, *args, ranks=ranks)
 
-    def _call(self, method: str, args_per_rank: list[tuple] | None = None, **kwargs) -> list:
-        args_per_rank = args_per_rank or [()] * len(self.actors)
-        refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_rank, strict=True)]
-        return self.wait(refs, method)
+    def _call(self, method: str, *args, per_rank: list[tuple] | None = None) -> list:
+        return self.wait(self.group.submit(method, *args, per_actor=per_rank), method)
 
     # -- the API drivers call
     def forward(self, objective: str, batch: dict, model: str = "policy") -> dict:
@@ -342,7 +331,7 @@ class LearnerGroup:
                       else list(v[:1]) * (m - n) for k, v in batch.items()}
             padded = {k: _cat(batch[k], padded[k]) for k in batch}
         shards = split_batch(padded, m)
-        out = concat_outputs(self._call("forward", [(objective, s, model) for s in shards]))
+        out = concat_outputs(self._call("forward", per_rank=[(objective, s, model) for s in shards]))
         return {k: v[:n] for k, v in out.items()}
 
     def train_step(self, objective: str, batch: dict) -> dict:
@@ -351,7 +340,7 @@ class LearnerGroup:
         t0 = time.perf_counter()
         shards = split_batch(batch, len(self.actors), self.cfg.grad_accum)
         try:
-            per_rank = self._call("train_step", [(objective, s) for s in shards])
+            per_rank = self._call("train_step", per_rank=[(objective, s) for s in shards])
         except NonFiniteLossError as e:  # name the whole batch, not one rank's shard
             ids = list(batch.get("ids", []))
             raise NonFiniteLossError(f"train_step {objective}: non-finite loss, no step taken; batch ids={ids} "
@@ -369,18 +358,18 @@ class LearnerGroup:
 
     def set_reference(self, path: str | None) -> None:
         """Load a frozen reference model from `path` on every rank ("initial": the starting weights)."""
-        self._call("set_reference", [(self.model_path if path == "initial" else path,)] * len(self.actors))
+        self._call("set_reference", self.model_path if path == "initial" else path)
 
     def set_lr(self, lr: float) -> None:
-        self._call("set_lr", [(lr,)] * len(self.actors))
+        self._call("set_lr", lr)
 
     def open_transfer(self, timeout_s: float) -> tuple[str, int]:
         """Rank 0 binds the weight-transfer store; (its node's address, port) for the engines."""
-        return self.wait([self.actors[0].open_transfer.remote(timeout_s)], "open transfer")[0]
+        return self.wait(self.submit("open_transfer", timeout_s, ranks=[0]), "open transfer", ranks=[0])[0]
 
     def probe_logprobs(self, probe) -> list[float]:
         """The probe's logprobs under the weights the group holds now (see `rlaif_ray.sync.probe`)."""
-        return self._call("probe_logprobs", [(probe.prompt_ids, probe.completion_ids)] * len(self.actors))[0]
+        return self._call("probe_logprobs", probe.prompt_ids, probe.completion_ids)[0]
 
     def state_for_sync(self):
         """Rank 0's HF-named full state dict, through the driver: for tests and inspection. Jobs move
@@ -393,7 +382,7 @@ class LearnerGroup:
         presence marks a complete save."""
         from .checkpoint import write_trainer_state
 
-        self._call("save", [(directory, self.tokenizer_path, hf_only)] * len(self.actors))
+        self._call("save", directory, self.tokenizer_path, hf_only)
         write_trainer_state(directory, extra or {})
 
     def load(self, directory: str) -> dict:
@@ -401,15 +390,11 @@ class LearnerGroup:
         from .checkpoint import read_trainer_state
 
         extra = read_trainer_state(directory)
-        self._call("load", [(directory,)] * len(self.actors))
+        self._call("load", directory)
         return extra
 
     def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        ray.util.remove_placement_group(self.pg)
+        self.group.shutdown()
         self.actors = []
 
     def __enter__(self):

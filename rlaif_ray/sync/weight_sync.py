@@ -69,9 +69,8 @@ class WeightSync:
         host, port = self.learners.open_transfer(timeout)
         bases = [1 + sum(ranks[:i]) for i in range(len(ranks))]
         self._run(self.learners.submit("join_transfer", host, port, world, timeout, ranks=[0])
-                  + [w.join_transfer.remote(host, port, b, world, timeout)
-                     for w, b in zip(self.pool.workers, bases, strict=True)],
-                  self.learners.actor_names[:1], "join the weight-transfer group")
+                  + self.pool.group.submit("join_transfer", per_actor=[(host, port, b, world, timeout) for b in bases]),
+                  [0], "join the weight-transfer group")
         log.info("weight-transfer group: learner rank 0 on %s:%d + %d engine ranks", host, port, world - 1)
         return "nccl" if gpu_engines else "gloo"
 
@@ -85,8 +84,8 @@ class WeightSync:
             raise WeightSyncError("weight sync: push() needs the learner group (WeightSync(pool, cfg, learners))")
         t0, timeout = time.perf_counter(), self.cfg.timeout_s
         sent = self._run(self.learners.submit("send_weights", self.cfg.bucket_mb * 2**20, self.pool.dtype)
-                         + [w.receive_weights.remote(version, timeout) for w in self.pool.workers],
-                         self.learners.actor_names, "weight transfer")
+                         + self.pool.group.submit("receive_weights", version, timeout),
+                         None, "weight transfer")
         return self._finish(version, sent[0], time.perf_counter() - t0, self.transfer)
 
     def load_dir(self, path: str, version: int) -> SyncReport:
@@ -94,8 +93,7 @@ class WeightSync:
         import os
 
         t0 = time.perf_counter()
-        self._run([w.load_weights.remote(path, version, self.cfg.timeout_s) for w in self.pool.workers], [],
-                  "load weights")
+        self._run(self.pool.group.submit("load_weights", path, version, self.cfg.timeout_s), [], "load weights")
         nbytes = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
         return self._finish(version, nbytes, time.perf_counter() - t0, "shared-dir")
 
@@ -103,8 +101,8 @@ class WeightSync:
         """One flat buffer of `nbytes` over the same group, no packing or loading: the transfer's floor."""
         t0, timeout = time.perf_counter(), self.cfg.timeout_s
         self._run(self.learners.submit("send_raw", nbytes, ranks=[0])
-                  + [w.receive_raw.remote(nbytes, timeout) for w in self.pool.workers],
-                  self.learners.actor_names[:1], "raw transport")
+                  + self.pool.group.submit("receive_raw", nbytes, timeout),
+                  [0], "raw transport")
         return time.perf_counter() - t0
 
     def _finish(self, version: int, nbytes: int, seconds: float, transfer: str) -> SyncReport:
@@ -124,9 +122,9 @@ class WeightSync:
         and the engines compute theirs at the same time."""
         p = self.probe
         refs = self.learners.submit("probe_logprobs", p.prompt_ids, p.completion_ids)
-        refs += [w.sequence_logprobs.remote([p.prompt_ids], [p.completion_ids]) for w in self.pool.workers]
-        results = self._run(refs, self.learners.actor_names, "probe logprobs")
-        reference, engines = results[0], results[len(self.learners.actor_names):]
+        refs += self.pool.group.submit("sequence_logprobs", [p.prompt_ids], [p.completion_ids])
+        results = self._run(refs, None, "probe logprobs")
+        reference, engines = results[0], results[len(self.learners.actors):]
         worst = 0.0
         for name, (lps,) in zip(self.pool.names, engines, strict=True):
             diff = max(abs(a - b) for a, b in zip(lps, reference, strict=True))
@@ -137,9 +135,11 @@ class WeightSync:
                     f"logprobs differ by up to {diff:.3e} (tolerance {self.tolerance:.1e}); stopping")
         return worst
 
-    def _run(self, refs: list, learner_names: list[str], what: str) -> list:
-        """Wait for learner refs (first) and one ref per engine worker (last), naming whoever fails."""
+    def _run(self, refs: list, learner_ranks: list[int] | None, what: str) -> list:
+        """Wait for the refs of learner `learner_ranks` (first; None: every rank) and one ref per engine
+        worker (last), naming whoever fails."""
         from ..cluster import wait_all
 
-        names = [f"learner actor {n}" for n in learner_names] + self.pool.names
+        ours = self.learners.group.names if self.learners is not None else []
+        names = [ours[r] for r in (range(len(ours)) if learner_ranks is None else learner_ranks)] + self.pool.names
         return wait_all(refs, names, self.cfg.timeout_s, f"weight sync: {what}", WeightSyncError)
