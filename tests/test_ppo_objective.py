@@ -77,7 +77,7 @@ def test_toy_rewards():
 
 
 def test_prompt_schedule_is_a_function_of_the_step_and_covers_every_prompt():
-    from rlaif_ray.algos.train_ppo import prompt_indices
+    from rlaif_ray.learner.group import prompt_indices
 
     first_pass = [i for step in range(4) for i in prompt_indices(10, 5, step, seed=3)][:10]
     assert sorted(first_pass) == list(range(10))  # one pass visits each prompt once
@@ -86,7 +86,7 @@ def test_prompt_schedule_is_a_function_of_the_step_and_covers_every_prompt():
 
 
 def test_build_batch_masks_response_tokens_in_sequence_coordinates():
-    from rlaif_ray.algos.train_ppo import build_batch
+    from rlaif_ray.learner.ppo_learners import build_batch
     from rlaif_ray.rollout import Sample
 
     samples = [Sample([7, 8], "", [0.0, 0.0], "length", prompt_token_ids=[1, 2, 3]),

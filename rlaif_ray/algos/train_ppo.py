@@ -4,13 +4,14 @@
     reference logprobs) -> KL-penalised token rewards -> GAE advantages -> ppo_epochs x minibatches
     updates -> weight sync (verified) -> next step
 
-The policy (with its value head, or beside a separate critic group) trains in a DeepSpeed
-`LearnerGroup`; the frozen reference is replicated on the same ranks (`set_reference("initial")`).
+The learner side (policy with its value head or beside a separate critic, the frozen reference on the
+same ranks, the experience maths and the minibatch updates) is `learner.ppo_learners.PPOLearners`.
 Per step one row in `<run_dir>/metrics.jsonl` (keys `ppo/<name>`) and TensorBoard, with a progress
 bar: loss terms, reward mean/std, KL, entropy, clip fraction, value error, grad norm, tokens/s and the
 wall-time split generate/score/train/sync/checkpoint; `driver_overhead_fraction` is the step time in
 none of them; `sync_bytes` and `driver_rss_mb` show the weights going learner -> engines without the
-driver. `<run_dir>/placement.json` records the node of the driver, each rollout worker and learner rank. Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head,
+driver. `<run_dir>/placement.json` records the node of the driver, each rollout worker and learner
+rank. Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head,
 DeepSpeed optimizer state, RNG, KL coefficient, data cursor) every `checkpoint_every` steps and at the
 end; `--resume` continues from the latest one and reproduces the uninterrupted run (the prompt order
 and sampling seeds are functions of the step). A non-finite reward or loss stops the run naming the
@@ -22,10 +23,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import random
 import time
-from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ..config.jobs import TrainPPOJob
 
@@ -41,46 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run_dir")
 
 
-def prompt_indices(n_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
-    """The prompts of `step`: a fresh seeded shuffle per pass over the data, so any step's batch is known
-    without replaying the ones before it (the data cursor is the step number)."""
-    out, perms = [], {}
-    for g in range(step * per_step, (step + 1) * per_step):
-        epoch, pos = divmod(g, n_prompts)
-        if epoch not in perms:
-            perms[epoch] = random.Random(seed * 1_000_003 + epoch).sample(range(n_prompts), n_prompts)
-        out.append(perms[epoch][pos])
-    return out
+@dataclass
+class PPORun:
+    """What every step uses: the config, the prompts and the actors."""
 
-
-def build_batch(samples, pad_id: int) -> dict:
-    """Right-padded prompt+response rows and the response mask in sequence coordinates ([B, L-1])."""
-    import torch
-
-    seqs = [s.prompt_token_ids + s.token_ids for s in samples]
-    width = max(len(q) for q in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    resp = torch.zeros((len(seqs), width - 1))
-    for i, (s, q) in enumerate(zip(samples, seqs, strict=True)):
-        ids[i, :len(q)] = torch.tensor(q)
-        attn[i, :len(q)] = 1
-        p = len(s.prompt_token_ids)
-        resp[i, p - 1:p - 1 + len(s.token_ids)] = 1  # logits at p-1 predict the first response token
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
-
-
-class Timer:
-    """Wall time per phase of one step."""
-
-    def __init__(self):
-        self.t = dict.fromkeys(TIMED, 0.0)
-
-    @contextmanager
-    def __call__(self, phase: str):
-        t0 = time.perf_counter()
-        yield
-        self.t[phase] += time.perf_counter() - t0
+    cfg: TrainPPOJob
+    prompts: list
+    pool: Any  # RolloutPool
+    learners: Any  # learner.ppo_learners.PPOLearners
+    sync: Any  # WeightSync
+    reward: Any  # (prompts, responses) -> scores
+    kl_ctl: Any  # learner.ppo.AdaptiveKLController
 
 
 def run(cfg: TrainPPOJob, args: argparse.Namespace) -> int:
@@ -97,8 +68,9 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     from ..cluster import init_ray
     from ..data import read_prompts
     from ..learner.checkpoint import export_final, latest_checkpoint, read_trainer_state, save_checkpoint
-    from ..learner.metrics import MetricsWriter
+    from ..learner.metrics import MetricsWriter, PhaseTimer
     from ..learner.ppo import AdaptiveKLController
+    from ..learner.ppo_learners import PPOLearners
     from ..models import load_tokenizer, resolve_model_path
     from ..reward import build_reward_source
     from ..rollout import RolloutPool
@@ -118,12 +90,11 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     model_path = resolve_model_path(cfg.policy)
     init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "policy": model_path, "reward.rm_path": cfg.reward.rm_path,
                               "ppo.critic_path": cfg.ppo.critic_path})
-    pad_id = load_tokenizer(model_path).pad_token_id
     pool = learners = reward = None
     try:
         reward = build_reward_source(cfg.reward, cfg.ray)
         pool = RolloutPool(model_path, cfg.rollout, cfg.learner.seed, cfg.policy.dtype, cfg.ray.placement_strategy)
-        learners = PPOLearners(cfg, model_path)
+        learners = PPOLearners(cfg, model_path, load_tokenizer(model_path).pad_token_id)
         sync = WeightSync(pool, cfg.sync, learners.policy)
         write_placement(cfg.run_dir, pool, learners)
         if ckpt:
@@ -131,12 +102,13 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
             kl_ctl.load_state_dict(extra["kl_ctl"])
             sync.push(version=start)
             log.info("resumed from %s at step %d", ckpt, start)
+        run = PPORun(cfg, prompts, pool, learners, sync, reward, kl_ctl)
         rows = []
         with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics:
             t_loop = time.perf_counter()
             for step in range(start, ppo.steps):
-                row = ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id)
-                timer = row.pop("_timer")
+                t0, timer = time.perf_counter(), PhaseTimer(TIMED)
+                row = ppo_step(run, step, timer)
                 # A wall-clock budget ends the run after the step that crosses it, checkpointed like the last.
                 last = step + 1 == ppo.steps or (
                     ppo.max_minutes is not None and (time.perf_counter() - t_loop) / 60 >= ppo.max_minutes)
@@ -145,7 +117,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
                         learners.save(cfg.run_dir, step + 1, {"data_cursor": step + 1, "kl_ctl": kl_ctl.state_dict(),
                                                               "metrics_rows": metrics.rows + 1}, save_checkpoint)
                 row.update({f"time_{k}": v for k, v in timer.t.items()})
-                row["time_step"] = time.perf_counter() - row.pop("_t0")
+                row["time_step"] = time.perf_counter() - t0
                 row["tokens_per_s"] = row["response_tokens_mean"] * row["samples"] / row["time_step"]
                 row["driver_overhead_fraction"] = max(0.0, 1 - sum(timer.t.values()) / row["time_step"])
                 metrics.log(step + 1, row, prefix="ppo")
@@ -171,7 +143,7 @@ def write_placement(run_dir: str, pool, learners) -> None:
 
     import ray
 
-    where = {"driver": ray.util.get_node_ip_address(), "rollout_workers": [i["node"] for i in pool.infos],
+    where = {"driver": ray.util.get_node_ip_address(), "rollout_workers": pool.group.nodes,
              "policy_ranks": learners.policy.nodes,
              "critic_ranks": learners.critic.nodes if learners.critic is not None else []}
     log.info("placement: %s", where)
@@ -180,136 +152,47 @@ def write_placement(run_dir: str, pool, learners) -> None:
         json.dump(where, f, indent=1)
 
 
-class PPOLearners:
-    """The policy group (with a value head, or plus a separate critic group) and the reference."""
-
-    def __init__(self, cfg: TrainPPOJob, model_path: str):
-        from ..learner.critic import SeparateCritic
-        from ..learner.group import LearnerGroup
-        from ..learner.ppo_objective import PPOObjective, ValueObjective
-
-        obj = PPOObjective(cfg.ppo, cfg.sampling.temperature)
-        self.policy = LearnerGroup(cfg.learner, cfg.policy, {"ppo": obj}, wrap=obj.wrap_model,
-                                   model_path=model_path, name="policy", strategy=cfg.ray.placement_strategy)
-        self.policy.set_reference("initial")
-        self.critic = None
-        if cfg.ppo.critic == "separate":
-            full = replace(cfg.policy, lora=replace(cfg.policy.lora, enabled=False))  # LoRA targets causal LMs
-            self.critic = LearnerGroup(cfg.learner, full, {"ppo_value": ValueObjective(cfg.ppo)},
-                                       model_kind=SeparateCritic.from_pretrained,
-                                       model_path=cfg.ppo.critic_path or model_path, name="critic",
-                                       strategy=cfg.ray.placement_strategy)
-
-    def forward(self, batch: dict) -> dict:
-        out = self.policy.forward("ppo", batch)
-        out["ref_logprobs"] = self.policy.forward("ppo", batch, model="reference")["logprobs"]
-        if self.critic is not None:
-            out["values"] = self.critic.forward("ppo_value", batch)["values"]
-        return out
-
-    def train_step(self, batch: dict) -> dict:
-        stats = self.policy.train_step("ppo", batch)
-        if self.critic is not None:
-            critic = self.critic.train_step("ppo_value", batch)
-            stats.update({f"critic_{k}": critic[k] for k in ("vf_loss", "value_error", "vf_clip_frac", "grad_norm")})
-        return stats
-
-    def save(self, run_dir: str, step: int, extra: dict, save_checkpoint) -> None:
-        import os
-
-        path = save_checkpoint(self.policy, run_dir, step, extra)
-        if self.critic is not None:
-            self.critic.save(os.path.join(path, "critic"), extra)
-
-    def load(self, path: str) -> None:
-        import os
-
-        self.policy.load(path)
-        if self.critic is not None:
-            self.critic.load(os.path.join(path, "critic"))
-
-    def shutdown(self) -> None:
-        for g in (self.policy, self.critic):
-            if g is not None:
-                g.shutdown()
-
-
-NOT_AVERAGED = ("lr", "step_time_s", "tokens", "tokens_per_s")  # per-call bookkeeping of LearnerGroup.train_step
-
-
-def ppo_step(step, cfg, prompts, pool, learners, sync, reward, kl_ctl, pad_id) -> dict:
-    """One iteration; returns its metrics row (with the phase timer)."""
+def ppo_step(run: PPORun, step: int, timer) -> dict:
+    """One iteration: generate, score, learn, sync; returns its metrics row."""
     import psutil
     import torch
 
     from ..data import text_of
-    from ..learner import ppo as P
-    from ..learner.group import NonFiniteLossError
+    from ..learner.group import NonFiniteLossError, prompt_indices
 
-    t0, timer, ppo = time.perf_counter(), Timer(), cfg.ppo
-    idx = prompt_indices(len(prompts), ppo.prompts_per_step, step, cfg.learner.seed)
-    batch_prompts = [prompts[i] for i in idx]
+    cfg, ppo = run.cfg, run.cfg.ppo
+    batch_prompts = [run.prompts[i] for i in prompt_indices(len(run.prompts), ppo.prompts_per_step, step,
+                                                             cfg.learner.seed)]
     sampling = replace(cfg.sampling, seed=None if cfg.sampling.seed is None else cfg.sampling.seed + step * 100_003)
     with timer("generate"):
-        outs = pool.generate([r.prompt for r in batch_prompts], sampling)
-    samples, ids, texts = [], [], []
-    for rec, group in zip(batch_prompts, outs, strict=True):
-        for j, s in enumerate(group):
-            if s.token_ids:
-                samples.append(s)
-                ids.append(f"{rec.id}#{j}")
-                texts.append(text_of(rec.prompt))
-    if not samples:
+        outs = run.pool.generate([r.prompt for r in batch_prompts], sampling)
+    kept = [(f"{rec.id}#{j}", text_of(rec.prompt), s) for rec, group in zip(batch_prompts, outs, strict=True)
+            for j, s in enumerate(group) if s.token_ids]
+    if not kept:
         raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
+    ids, texts, samples = (list(x) for x in zip(*kept, strict=True))
     with timer("score"):
-        raw = torch.tensor(reward(texts, [s.text for s in samples]), dtype=torch.float32)
-    bad = [i for i, v in zip(ids, raw.tolist(), strict=True) if not math.isfinite(v)]
+        scores = torch.tensor(run.reward(texts, [s.text for s in samples]), dtype=torch.float32)
+    bad = [i for i, v in zip(ids, scores.tolist(), strict=True) if not math.isfinite(v)]
     if bad:
         raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
                              "stopping, the last checkpoint is kept")
     with timer("train"):
-        batch = build_batch(samples, pad_id)
-        mask = batch["response_mask"]
-        fwd = learners.forward(batch)
-        kl = P.kl_penalty(fwd["logprobs"], fwd["ref_logprobs"], ppo.kl_estimator) * mask
-        scores = P.scale_rewards(raw, ppo.reward_scale, ppo.reward_clip)
-        values = fwd["values"] * mask
-        adv, ret = P.gae(P.token_rewards(scores, kl, mask, kl_ctl.value), values, mask, ppo.gamma, ppo.lam)
-        if ppo.whiten_advantages:
-            adv = P.masked_whiten(adv, mask)
-        batch.update(old_logprobs=fwd["logprobs"], old_values=values, advantages=adv, returns=ret)
-        # vLLM sampled from the weights the learner holds: their logprobs must agree (sync sanity check)
-        engine_lp = torch.zeros_like(mask)
-        for i, s in enumerate(samples):
-            p = len(s.prompt_token_ids)
-            engine_lp[i, p - 1:p - 1 + len(s.token_ids)] = torch.tensor(s.logprobs)
-        updates = []
-        n, per = len(samples), math.ceil(len(samples) / ppo.minibatches)
-        for epoch in range(ppo.ppo_epochs):
-            gen = torch.Generator().manual_seed(cfg.learner.seed * 1_000_003 + step * 1009 + epoch)
-            perm = torch.randperm(n, generator=gen)
-            for k in range(ppo.minibatches):
-                sel = perm[k * per:(k + 1) * per]
-                mb_ids = [ids[i] for i in sel.tolist()]
-                try:
-                    stats = learners.train_step({**{key: v[sel] for key, v in batch.items()}, "ids": mb_ids})
-                except NonFiniteLossError:
-                    raise NonFiniteError(f"step {step + 1} epoch {epoch} minibatch {k}: non-finite loss for "
-                                         f"samples {mb_ids}; stopping, the last checkpoint is kept") from None
-                updates.append(stats)
+        batch, rollout = run.learners.experience(samples, scores, run.kl_ctl.value)
+        try:
+            updates = run.learners.update(batch, ids, seed=cfg.learner.seed * 1_000_003 + step * 1009)
+        except NonFiniteLossError as e:
+            raise NonFiniteError(f"step {step + 1} {e}; stopping, the last checkpoint is kept") from None
     with timer("sync"):
-        report = sync.push(version=step + 1)
-    tokens = int(mask.sum())
-    seq_kl = (kl.sum(1)).mean().item()
-    row = {"reward_mean": raw.mean().item(), "reward_std": raw.std(unbiased=False).item(),
-           "kl": seq_kl, "kl_coef": kl_ctl.value, "entropy": P.masked_mean(fwd["entropy"], mask).item(),
-           "response_tokens_mean": tokens / n, "samples": n,
-           "rollout_logprob_diff": (P.masked_mean((engine_lp - fwd["logprobs"]).abs(), mask)).item(),
-           **{k: sum(u[k] for u in updates) / len(updates) for k in updates[0] if k not in NOT_AVERAGED},
+        report = run.sync.push(version=step + 1)
+    n, tokens = len(samples), rollout["tokens"]
+    row = {"reward_mean": scores.mean().item(), "reward_std": scores.std(unbiased=False).item(),
+           "kl": rollout["kl"], "kl_coef": run.kl_ctl.value, "entropy": rollout["entropy"],
+           "response_tokens_mean": tokens / n, "samples": n, "rollout_logprob_diff": rollout["rollout_logprob_diff"],
+           **updates,
            "tokens_per_s_generate": tokens / max(timer.t["generate"], 1e-9),
            "tokens_per_s_train": tokens * ppo.ppo_epochs / max(timer.t["train"], 1e-9),
            "sync_verified": report.verified, "sync_max_abs_diff": report.max_abs_diff, "sync_bytes": report.bytes,
-           "driver_rss_mb": psutil.Process().memory_info().rss / 2**20,
-           "_timer": timer, "_t0": t0}
-    kl_ctl.update(seq_kl, n)
+           "driver_rss_mb": psutil.Process().memory_info().rss / 2**20}
+    run.kl_ctl.update(rollout["kl"], n)
     return row

@@ -72,6 +72,20 @@ def epoch_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
+def prompt_indices(n_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
+    """The prompts of `step`: a fresh seeded shuffle per pass over the data, so any step's batch is known
+    without replaying the ones before it (the data cursor is the step number)."""
+    import random
+
+    out, perms = [], {}
+    for g in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(g, n_prompts)
+        if epoch not in perms:
+            perms[epoch] = random.Random(seed * 1_000_003 + epoch).sample(range(n_prompts), n_prompts)
+        out.append(perms[epoch][pos])
+    return out
+
+
 def concat_outputs(outputs: list[dict]) -> dict:
     import torch
 
@@ -155,18 +169,23 @@ class LearnerActor:
             group["lr"] = lr
 
     def forward(self, objective: str, batch: dict, model: str = "policy") -> dict:
+        """No-grad outputs under `model`: "policy", "reference", or "policy+reference" (the policy's outputs
+        plus the reference's as `ref_<key>`, one round trip for both)."""
         import torch
 
         obj = self.objectives[objective]
-        if model == "reference" and self.reference is None:
-            raise RuntimeError("forward(model='reference') before set_reference(path)")
-        net = self.reference if model == "reference" else self.engine.module
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            out = obj.forward(net, batch)
-        net.train(was_training)
-        return {k: v.detach().float().cpu() for k, v in out.items()}
+        if "reference" in model and self.reference is None:
+            raise RuntimeError(f"forward(model={model!r}) before set_reference(path)")
+        nets = {"policy": [("", self.engine.module)], "reference": [("", self.reference)],
+                "policy+reference": [("", self.engine.module), ("ref_", self.reference)]}[model]
+        out = {}
+        for prefix, net in nets:
+            was_training = net.training
+            net.eval()
+            with torch.no_grad():
+                out.update({prefix + k: v.detach().float().cpu() for k, v in obj.forward(net, batch).items()})
+            net.train(was_training)
+        return out
 
     def train_step(self, objective: str, batch: dict) -> dict:
         """grad_accum micro-batches of this rank's shard, then one optimizer step (all ranks together)."""

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -31,6 +32,19 @@ def truncate_rows(path: Path, keep: int) -> None:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+class PhaseTimer:
+    """Wall time per named phase of one step: `with timer("train"): ...`; the seconds are in `timer.t`."""
+
+    def __init__(self, phases: tuple[str, ...]):
+        self.t = dict.fromkeys(phases, 0.0)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        yield
+        self.t[phase] += time.perf_counter() - t0
 
 
 class MetricsWriter:
