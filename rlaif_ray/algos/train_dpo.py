@@ -26,10 +26,9 @@ def run(cfg: TrainDPOJob, args) -> int:
 
     from ..cluster import init_ray
     from ..data import read_preferences, split_by_id
-    from ..learner.checkpoint import export_final, latest_checkpoint, save_checkpoint
-    from ..learner.group import LearnerGroup, NonFiniteLossError, epoch_batches
-    from ..learner.metrics import MetricsWriter
+    from ..learner.group import LearnerGroup
     from ..learner.objectives import DPOObjective, encode_preferences, pad_preferences
+    from ..learner.supervised import Stage, train_stages
     from ..models import load_tokenizer, resolve_model_path, tokenizer_path
 
     L = cfg.learner
@@ -42,16 +41,10 @@ def run(cfg: TrainDPOJob, args) -> int:
             raise ValueError(f"stages[{s.name}].data {s.data}: {len(train)} training pairs, fewer than one batch "
                              f"({batch_size} = micro_batch_size x grad_accum x num_ranks)")
         data.append((encode_preferences(train, tok, L.max_length), encode_preferences(val, tok, L.max_length)))
-    steps_total = sum(s.epochs * (len(tr) // batch_size) for s, (tr, _) in zip(cfg.stages, data, strict=True))
 
     init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "model": resolve_model_path(cfg.model)})
     objectives = {s.name: DPOObjective(s.beta, s.loss, s.label_smoothing, s.soft_labels) for s in cfg.stages}
     group = LearnerGroup(L, cfg.model, objectives, name="dpo-policy")
-    cursor = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
-    ckpt = latest_checkpoint(cfg.run_dir) if getattr(args, "resume", False) else None
-    if ckpt:
-        cursor = group.load(ckpt)
-        log.info("resumed from %s at %s", ckpt, cursor)
     pad = tok.pad_token_id
 
     def batches(encoded, ref, size):
@@ -61,43 +54,31 @@ def run(cfg: TrainDPOJob, args) -> int:
                 b["ref_logps"] = ref[i:i + size]
             yield b
 
-    def logps(encoded, model="policy"):
-        return torch.cat([group.forward(name, b, model)["logps"] for b in batches(encoded, None, batch_size)])
+    def logps(encoded, model="policy"):  # every stage's objective has the same forward: summed logps
+        return torch.cat([group.forward(cfg.stages[0].name, b, model)["logps"]
+                          for b in batches(encoded, None, batch_size)])
 
-    try:
-        with MetricsWriter(cfg.run_dir, steps_total, resume=cursor if ckpt else None) as metrics:
-            step = cursor["step"]
-            for si in range(cursor["stage"], len(cfg.stages)):
-                stage, (train, val) = cfg.stages[si], data[si]
-                name = stage.name
-                group.set_lr(stage.lr)
-                ref_train, ref_val = _reference_logps(cfg, si, group, train, val, logps)
-                for epoch in range(cursor["epoch"] if si == cursor["stage"] else 0, stage.epochs):
-                    order = epoch_batches(len(train), batch_size, L.seed + 1000 * si + epoch)
-                    first = cursor["batch"] if (si, epoch) == (cursor["stage"], cursor["epoch"]) else 0
-                    for bi in range(first, len(order)):
-                        idx = order[bi]
-                        batch = pad_preferences([train[i] for i in idx], pad)
-                        batch["ref_logps"] = ref_train[idx]
-                        out = group.train_step(name, batch)
-                        step += 1
-                        metrics.log(step, {**out, "stage": si, "epoch": epoch}, prefix=f"train/{name}")
-                        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                            nxt = {"stage": si, "epoch": epoch, "batch": bi + 1, "metrics_rows": metrics.rows}
-                            save_checkpoint(group, cfg.run_dir, step, nxt)
-                    if val:
-                        metrics.log(step, _validate(group, name, val, ref_val, batches, batch_size, stage),
-                                    prefix=f"val/{name}")
-                save_checkpoint(group, cfg.run_dir, step, {"stage": si + 1, "epoch": 0, "batch": 0,
-                                                           "metrics_rows": metrics.rows})
-            final = export_final(group, cfg.run_dir, {"step": step, "stages": [s.name for s in cfg.stages]})
-            log.info("policy written to %s", final)
-    except NonFiniteLossError as e:
-        log.error("stopped: %s; the last good checkpoint is %s", e, latest_checkpoint(cfg.run_dir))
-        return 1
-    finally:
-        group.shutdown()
-    return 0
+    def stage_of(si: int) -> Stage:
+        """Stage `si`: its lr, its reference log-probs (computed at its start), its batches, validation."""
+        s, (train, val) = cfg.stages[si], data[si]
+        ref: dict = {}
+
+        def start() -> None:
+            group.set_lr(s.lr)
+            ref["train"], ref["val"] = _reference_logps(cfg, si, group, train, val, logps)
+
+        def batch(idx: list[int]) -> dict:
+            return {**pad_preferences([train[i] for i in idx], pad), "ref_logps": ref["train"][idx]}
+
+        def evaluate(epoch: int) -> dict[str, dict]:
+            return {f"val/{s.name}": _validate(group, s.name, val, ref["val"], batches, batch_size, s)} if val else {}
+
+        return Stage(s.name, train, s.epochs, L.seed + 1000 * si, batch, f"train/{s.name}", start, evaluate)
+
+    return train_stages(group, [stage_of(si) for si in range(len(cfg.stages))], run_dir=cfg.run_dir,
+                        batch_size=batch_size, checkpoint_every=cfg.checkpoint_every,
+                        resume=getattr(args, "resume", False), final={"stages": [s.name for s in cfg.stages]},
+                        what="policy")
 
 
 def _reference_logps(cfg, si, group, train, val, logps):

@@ -23,10 +23,9 @@ def add_arguments(parser) -> None:
 def run(cfg: TrainRMJob, args) -> int:
     from ..cluster import init_ray
     from ..data import read_preferences, split_by_id
-    from ..learner.checkpoint import export_final, latest_checkpoint, save_checkpoint
-    from ..learner.group import LearnerGroup, NonFiniteLossError, epoch_batches
-    from ..learner.metrics import MetricsWriter
+    from ..learner.group import LearnerGroup
     from ..learner.objectives import RMObjective, encode_preferences, pad_preferences
+    from ..learner.supervised import Stage, train_stages
     from ..models import load_tokenizer, resolve_model_path, tokenizer_path
 
     if not cfg.train:
@@ -41,43 +40,26 @@ def run(cfg: TrainRMJob, args) -> int:
     evals = {"val": encode_preferences(val, tok, L.max_length)}
     if cfg.human_eval:
         evals["human"] = encode_preferences(read_preferences(cfg.human_eval), tok, L.max_length)
-    per_epoch = len(train) // batch_size
+    pad = tok.pad_token_id
 
     init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "model": resolve_model_path(cfg.model)})
     group = LearnerGroup(L, cfg.model, {"rm": RMObjective(cfg.margin, cfg.soft_labels)}, model_kind="reward",
                          name="rm")
-    cursor = {"epoch": 0, "batch": 0, "step": 0}
-    ckpt = latest_checkpoint(cfg.run_dir) if getattr(args, "resume", False) else None
-    if ckpt:
-        cursor = group.load(ckpt)
-        log.info("resumed from %s at %s", ckpt, cursor)
-    pad = tok.pad_token_id
-    try:
-        with MetricsWriter(cfg.run_dir, cfg.epochs * per_epoch, resume=cursor if ckpt else None) as metrics:
-            step = cursor["step"]
-            for epoch in range(cursor["epoch"], cfg.epochs):
-                order = epoch_batches(len(train), batch_size, L.seed + epoch)
-                for bi in range(cursor["batch"] if epoch == cursor["epoch"] else 0, len(order)):
-                    out = group.train_step("rm", pad_preferences([train[i] for i in order[bi]], pad))
-                    step += 1
-                    metrics.log(step, {**out, "epoch": epoch})
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                        save_checkpoint(group, cfg.run_dir, step, {"epoch": epoch, "batch": bi + 1,
-                                                                   "metrics_rows": metrics.rows})
-                for split, encoded in evals.items():
-                    if encoded:
-                        acc = accuracy(group, encoded, pad, batch_size)
-                        metrics.log(step, {"accuracy": acc, "pairs": len(encoded), "epoch": epoch}, prefix=split)
-                        log.info("epoch %d %s accuracy %.3f on %d pairs", epoch, split, acc, len(encoded))
-                save_checkpoint(group, cfg.run_dir, step, {"epoch": epoch + 1, "batch": 0,
-                                                           "metrics_rows": metrics.rows})
-            log.info("reward model written to %s", export_final(group, cfg.run_dir, {"step": step}))
-    except NonFiniteLossError as e:
-        log.error("stopped: %s; the last good checkpoint is %s", e, latest_checkpoint(cfg.run_dir))
-        return 1
-    finally:
-        group.shutdown()
-    return 0
+
+    def evaluate(epoch: int) -> dict[str, dict]:
+        out = {}
+        for split, encoded in evals.items():
+            if encoded:
+                acc = accuracy(group, encoded, pad, batch_size)
+                out[split] = {"accuracy": acc, "pairs": len(encoded)}
+                log.info("epoch %d %s accuracy %.3f on %d pairs", epoch, split, acc, len(encoded))
+        return out
+
+    stage = Stage("rm", train, cfg.epochs, L.seed, lambda idx: pad_preferences([train[i] for i in idx], pad),
+                  evaluate=evaluate, checkpoint_each_epoch=True)
+    return train_stages(group, [stage], run_dir=cfg.run_dir, batch_size=batch_size,
+                        checkpoint_every=cfg.checkpoint_every, resume=getattr(args, "resume", False), final={},
+                        what="reward model")
 
 
 def accuracy(group, encoded, pad: int, batch_size: int) -> float:
