@@ -1,0 +1,99 @@
+"""Judge the calls a label store does not hold yet: the one path `label` and `eval` share.
+
+    pending = Pending(pool_cfg.judge, run_dir, pairs)       # every call the pairs need, and those not stored
+    summary = pending.run(pool_cfg, ray_cfg, interruptible=True)   # the Message Batches API or a FeedbackPool
+    pending.store, pending.new_records(), pending.interrupted, pending.nodes
+
+Everything a call returns lands in `<run_dir>/labels/` before it is counted, so a re-run (after a crash, a
+signal or a failed call) pays only for what is missing. With `interruptible`, SIGTERM/SIGINT stop
+dispatching; calls in flight finish and are stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from ..config import FeedbackPoolConfig, JudgeConfig, RayConfig
+from .judges import config_hash, judge_id
+from .labels import tasks_for
+from .store import LabelStore, key_of
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """tqdm bar over stored judge calls with labels/s, ETA and spend so far."""
+
+    def __init__(self, total: int, store: LabelStore, chash: str, already: int, desc: str):
+        from tqdm import tqdm
+
+        self.store, self.chash, self.start_ok = store, chash, already
+        self.bar = tqdm(total=total, unit="call", desc=desc, mininterval=1.0, dynamic_ncols=True)
+
+    def __call__(self) -> None:
+        self.store.refresh()
+        t = self.store.totals.get(self.chash, {"ok": 0, "failed": 0, "cost_usd": 0.0})
+        self.bar.n = max(0, int(t["ok"]) - self.start_ok)
+        self.bar.set_postfix(failed=int(t["failed"]), spent=f"${t['cost_usd']:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Pending:
+    def __init__(self, judge: JudgeConfig, run_dir: str, pairs: list):
+        self.judge, self.run_dir = judge, run_dir
+        self.chash, self.judge_id = config_hash(judge), judge_id(judge)
+        self.store = LabelStore(run_dir)
+        self.store.refresh()
+        self.tasks = tasks_for(pairs, judge)
+        self.todo = [t for t in self.tasks if not self.store.done(t.pair_id, self.chash, t.order, t.sample)]
+        self._before = {(key_of(r), r["t"]) for r in self.store.records(self.chash)}
+        self.interrupted, self.nodes = False, []
+        log.info("%d pairs, %d judge calls, %d already stored, %d to run (judge %s, config %s)", len(pairs),
+                 len(self.tasks), len(self.tasks) - len(self.todo), len(self.todo), self.judge_id, self.chash)
+
+    def run(self, pool_cfg: FeedbackPoolConfig, ray_cfg: RayConfig, interruptible: bool = False,
+            desc: str = "labeling") -> dict[str, Any]:
+        """Run the calls not stored; the pool's (or the batches') summary. The store is refreshed after."""
+        if not self.todo:
+            return {}
+        progress = Progress(len(self.todo), self.store, self.chash, len(self.tasks) - len(self.todo), desc)
+        try:
+            if self.judge.kind == "anthropic-batch":
+                from .batch import run_batches
+
+                return run_batches(self.judge, pool_cfg.retry, self.run_dir, self.chash, self.store, self.todo,
+                                   progress)
+            return self._run_pool(pool_cfg, ray_cfg, interruptible, progress)
+        finally:
+            progress.close()
+            self.store.refresh()
+
+    def _run_pool(self, pool_cfg, ray_cfg, interruptible: bool, progress) -> dict[str, Any]:
+        from ..cluster import init_ray
+        from .pool import FeedbackPool
+
+        init_ray(ray_cfg, shared={"run_dir": self.run_dir})
+        pool = FeedbackPool(pool_cfg, ray_cfg, self.run_dir, self.chash)
+        self.nodes = pool.nodes()
+
+        def stop(signum, _frame):
+            self.interrupted = True
+            log.warning("signal %d: finishing calls in flight, then exiting (re-run to resume)", signum)
+            pool.drain()
+
+        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if interruptible else {}
+        try:
+            return pool.label(self.todo, progress)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            pool.shutdown()
+
+    def new_records(self) -> list[dict]:
+        """The verdicts stored since this object listed the store."""
+        return [r for r in self.store.records(self.chash) if (key_of(r), r["t"]) not in self._before]
