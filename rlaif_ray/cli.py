@@ -19,13 +19,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="job", metavar="JOB")
     for name, job in JOBS.items():
         p = sub.add_parser(name, help=job.help, description=job.help)
-        module = job.load()
+        module = job.add_arguments(p)
         if job.config is not None:
             p.add_argument("--config", help="YAML config file (see configs/)")
             p.add_argument("--show-config", action="store_true", help="print every key with its doc and exit")
             p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-        if hasattr(module, "add_arguments"):
-            module.add_arguments(p)
         p.set_defaults(_module=module, _config=job.config)
     return parser
 

@@ -41,11 +41,10 @@ class StageFailed(RuntimeError):
     pass
 
 
-def _stage_args(module) -> argparse.Namespace:
+def _stage_args(job) -> argparse.Namespace:
     """The job's own flags at their defaults, as if run from the CLI with none."""
     parser = argparse.ArgumentParser()
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(parser)
+    job.add_arguments(parser)
     return parser.parse_args([])
 
 
@@ -72,7 +71,7 @@ class Stages:
         save(cfg, cfg.run_dir)
         print(f"\n=== {job}  (elapsed {self.elapsed() / 60:.1f} of {self.budget_s / 60:.0f} min) ===", flush=True)
         t0 = time.perf_counter()
-        code = module.run(cfg, _stage_args(module))
+        code = module.run(cfg, _stage_args(JOBS[job]))
         self.times[job] = time.perf_counter() - t0
         if code:
             raise StageFailed(f"stage {job} exited with {code}; its files are in {cfg.run_dir}; "

@@ -17,34 +17,23 @@ from ..config.jobs import TrainDPOJob
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run_dir")
-
-
 def run(cfg: TrainDPOJob, args) -> int:
     import torch
 
     from ..cluster import init_ray
-    from ..data import read_preferences, split_by_id
     from ..learner.group import LearnerGroup
-    from ..learner.objectives import DPOObjective, encode_preferences, pad_preferences
-    from ..learner.supervised import Stage, train_stages
+    from ..learner.objectives import DPOObjective, pad_preferences
+    from ..learner.supervised import Stage, batch_rows, preference_splits, train_stages
     from ..models import load_tokenizer, resolve_model_path, tokenizer_path
 
-    L = cfg.learner
+    batch_size = batch_rows(cfg.learner)
     tok = load_tokenizer(tokenizer_path(cfg.model), padding_side="right")
-    batch_size = L.micro_batch_size * L.grad_accum * L.num_ranks
-    data = []  # per stage: (train, val) encoded once
-    for s in cfg.stages:
-        train, val = split_by_id(read_preferences(s.data), cfg.val_fraction, L.seed)
-        if len(train) < batch_size:
-            raise ValueError(f"stages[{s.name}].data {s.data}: {len(train)} training pairs, fewer than one batch "
-                             f"({batch_size} = micro_batch_size x grad_accum x num_ranks)")
-        data.append((encode_preferences(train, tok, L.max_length), encode_preferences(val, tok, L.max_length)))
+    data = [preference_splits(s.data, f"stages[{s.name}].data", tok, cfg.learner, cfg.val_fraction)
+            for s in cfg.stages]  # per stage: (train, val) encoded once
 
     init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "model": resolve_model_path(cfg.model)})
     objectives = {s.name: DPOObjective(s.beta, s.loss, s.label_smoothing, s.soft_labels) for s in cfg.stages}
-    group = LearnerGroup(L, cfg.model, objectives, name="dpo-policy")
+    group = LearnerGroup(cfg.learner, cfg.model, objectives, name="dpo-policy")
     pad = tok.pad_token_id
 
     def batches(encoded, ref, size):
@@ -73,7 +62,7 @@ def run(cfg: TrainDPOJob, args) -> int:
         def evaluate(epoch: int) -> dict[str, dict]:
             return {f"val/{s.name}": _validate(group, s.name, val, ref["val"], batches, batch_size, s)} if val else {}
 
-        return Stage(s.name, train, s.epochs, L.seed + 1000 * si, batch, f"train/{s.name}", start, evaluate)
+        return Stage(s.name, train, s.epochs, cfg.learner.seed + 1000 * si, batch, f"train/{s.name}", start, evaluate)
 
     return train_stages(group, [stage_of(si) for si in range(len(cfg.stages))], run_dir=cfg.run_dir,
                         batch_size=batch_size, checkpoint_every=cfg.checkpoint_every,

@@ -37,10 +37,6 @@ class NonFiniteError(RuntimeError):
     """A reward or loss was NaN/inf; the message lists the sample ids of the batch."""
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run_dir")
-
-
 @dataclass
 class PPORun:
     """What every step uses: the config, the prompts and the actors."""

@@ -16,28 +16,18 @@ from ..config.jobs import TrainRMJob
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run_dir")
-
-
 def run(cfg: TrainRMJob, args) -> int:
     from ..cluster import init_ray
-    from ..data import read_preferences, split_by_id
+    from ..data import read_preferences
     from ..learner.group import LearnerGroup
     from ..learner.objectives import RMObjective, encode_preferences, pad_preferences
-    from ..learner.supervised import Stage, train_stages
+    from ..learner.supervised import Stage, batch_rows, preference_splits, train_stages
     from ..models import load_tokenizer, resolve_model_path, tokenizer_path
 
-    if not cfg.train:
-        raise ValueError("train: a preferences file is required (train=path.jsonl)")
-    L = cfg.learner
+    L, batch_size = cfg.learner, batch_rows(cfg.learner)
     tok = load_tokenizer(tokenizer_path(cfg.model), padding_side="right")
-    train, val = split_by_id(read_preferences(cfg.train), cfg.val_fraction, L.seed)
-    batch_size = L.micro_batch_size * L.grad_accum * L.num_ranks
-    if len(train) < batch_size:
-        raise ValueError(f"train {cfg.train}: {len(train)} training pairs, fewer than one batch ({batch_size})")
-    train = encode_preferences(train, tok, L.max_length)
-    evals = {"val": encode_preferences(val, tok, L.max_length)}
+    train, val = preference_splits(cfg.train, "train", tok, L, cfg.val_fraction)
+    evals = {"val": val}
     if cfg.human_eval:
         evals["human"] = encode_preferences(read_preferences(cfg.human_eval), tok, L.max_length)
     pad = tok.pad_token_id

@@ -19,38 +19,35 @@ from .roles import (
 )
 from .schema import ConfigError, field_
 
+PAIRS_REQUIRED = "a pairs file is required (input=path.jsonl)"
+PROMPTS_REQUIRED = "a prompts file is required (prompts=path.jsonl)"
+
 
 @dataclass
 class LabelJob:
-    input: str = field_("", "unlabeled pairs (prompt, response_a, response_b), JSONL or Parquet")
+    input: str = field_("", "pairs to label (prompt, response_a, response_b)", required=PAIRS_REQUIRED)
     output: str = field_("", "preference dataset to write (default: <run_dir>/preferences.jsonl)")
     run_dir: str = field_("runs/label", "label store, metrics and effective config go here")
     max_examples: int | None = field_(None, "label at most this many pairs", ge=1)
     pool: FeedbackPoolConfig = field_(FeedbackPoolConfig(), "the AI-feedback labeling pool")
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
-    def validate(self) -> None:
-        if not self.input:
-            raise ConfigError("input: a pairs file is required (input=path.jsonl)")
-
 
 @dataclass
 class LabelHumanJob:
-    input: str = field_("", "pairs (prompt, response_a, response_b) to label by hand, JSONL or Parquet")
+    annotator: str = field_("human", "name stored with every label")
+    input: str = field_("", "pairs (prompt, response_a, response_b) to label by hand, JSONL or Parquet",
+                        required=PAIRS_REQUIRED)
     output: str = field_("", "human preferences, appended as you go (default: <run_dir>/human_preferences.jsonl)")
     run_dir: str = field_("runs/label-human", "output and effective config go here")
-    annotator: str = field_("human", "name stored with every label")
     max_examples: int | None = field_(None, "show at most this many pairs", ge=1)
     seed: int = field_(0, "seed of the per-pair display order (which response is shown first)", ge=0)
-
-    def validate(self) -> None:
-        if not self.input:
-            raise ConfigError("input: a pairs file is required (input=path.jsonl)")
 
 
 @dataclass
 class GeneratePairsJob:
-    prompts: str = field_("", "prompts file (JSONL/Parquet with a `prompt` field)")
+    prompts: str = field_("", "prompts file (JSONL/Parquet with a `prompt` field)",
+                          required=PROMPTS_REQUIRED)
     output: str = field_("", "unlabeled pairs to write (default: <run_dir>/pairs.jsonl)")
     run_dir: str = field_("runs/generate-pairs", "outputs and effective config")
     policy: ModelConfig = field_(ModelConfig(), "policy that samples the responses")
@@ -63,15 +60,14 @@ class GeneratePairsJob:
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
     def validate(self) -> None:
-        if not self.prompts:
-            raise ConfigError("prompts: a prompts file is required (prompts=path.jsonl)")
         if self.policy_b is None and self.sampling.n < 2:
             raise ConfigError(f"sampling.n: {self.sampling.n} is below 2, the minimum for pairs from one policy")
 
 
 @dataclass
 class TrainRMJob:
-    train: str = field_("", "preferences (AI-labeled) to train on")
+    train: str = field_("", "preferences (AI-labeled) to train on",
+                        required="a preferences file is required (train=path.jsonl)")
     human_eval: str | None = field_(None, "optional human-labeled preferences for held-out accuracy")
     run_dir: str = field_("runs/train-rm", "checkpoints, metrics, effective config")
     model: ModelConfig = field_(ModelConfig(), "backbone of the reward model")
@@ -114,13 +110,13 @@ class RewardConfig:
     rm_path: str | None = field_(None, "reward model checkpoint for source=rm")
     function: str | None = field_(None, "module:function(prompt, response) -> float for source=function")
     judge: JudgeConfig = field_(JudgeConfig(), "judge asked for a 1-10 score for source=judge")
+    judge_actors: int = field_(1, "labeling-pool actors asked for scores for source=judge", ge=1)
+    timeout_s: float = field_(600.0, "timeout of one scoring call", gt=0)
     batch_size: int = field_(16, "sequences per reward-model forward", ge=1)
     max_length: int = field_(512, "truncation length of the reward model", ge=8)
     dtype: Dtype = field_("fp32", "reward-model weights dtype")
     num_cpus: float = field_(1.0, "CPUs Ray reserves for the RewardScorer (also its torch threads)", ge=0)
     num_gpus: float = field_(0.0, "GPUs Ray reserves for the RewardScorer", ge=0)
-    judge_actors: int = field_(1, "labeling-pool actors asked for scores for source=judge", ge=1)
-    timeout_s: float = field_(600.0, "timeout of one scoring call", gt=0)
 
 
 @dataclass
@@ -151,7 +147,7 @@ class PPOConfig:
 
 @dataclass
 class TrainPPOJob:
-    prompts: str = field_("", "prompts file")
+    prompts: str = field_("", "prompts file", required=PROMPTS_REQUIRED)
     run_dir: str = field_("runs/train-ppo", "checkpoints, metrics, effective config")
     policy: ModelConfig = field_(ModelConfig(), "policy (and reference) model")
     reward: RewardConfig = field_(RewardConfig(), "reward source")
@@ -164,8 +160,6 @@ class TrainPPOJob:
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
     def validate(self) -> None:
-        if not self.prompts:
-            raise ConfigError("prompts: a prompts file is required (prompts=path.jsonl)")
         rows = self.ppo.prompts_per_step * self.sampling.n
         if rows < self.ppo.minibatches * self.learner.num_ranks:
             raise ConfigError(f"ppo.minibatches: {self.ppo.prompts_per_step} prompts x {self.sampling.n} samples "
@@ -175,7 +169,8 @@ class TrainPPOJob:
 
 @dataclass
 class EvalJob:
-    prompts: str = field_("", "held-out prompts (optional `reference` field for similarity)")
+    prompts: str = field_("", "held-out prompts (optional `reference` field for similarity)",
+                          required="a held-out prompts file is required (prompts=path.jsonl)")
     policies: dict[str, str] = field_({}, "name -> checkpoint path/id of every model to compare")
     baseline: str | None = field_(None, "policy name the others are compared against (None: all pairs)")
     run_dir: str = field_("runs/eval", "results.json, report, plots")
@@ -195,8 +190,6 @@ class EvalJob:
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
     def validate(self) -> None:
-        if not self.prompts:
-            raise ConfigError("prompts: a held-out prompts file is required (prompts=path.jsonl)")
         if len(self.policies) < 2:
             raise ConfigError("policies: name at least two policies to compare (policies.base=PATH ...)")
         for key, name in (("baseline", self.baseline), ("kl_reference", self.kl_reference)):

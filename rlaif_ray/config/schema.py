@@ -25,10 +25,10 @@ class ConfigError(ValueError):
 
 
 def field_(default: Any, doc: str, *, ge: float | None = None, le: float | None = None,
-           gt: float | None = None) -> Any:
+           gt: float | None = None, required: str | None = None) -> Any:
     """A dataclass field with a doc string and optional bounds (ge/le/gt); allowed values are a `Literal`
-    annotation."""
-    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt}
+    annotation. `required`: the message when the value is left empty (e.g. "a prompts file is required")."""
+    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt, "required": required}
     if dataclasses.is_dataclass(default) or isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: _copy(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -133,6 +133,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _check_bounds(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
+    if meta.get("required") and not value:
+        raise ConfigError(f"{path}: {meta['required']}")
     if value is None:
         return
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -75,28 +75,20 @@ class LabelStats:
 class PositionStats:
     """How often the response shown first (A) won: a judge with position bias drifts from 0.5."""
 
-    a_wins: int = 0
-    b_wins: int = 0
-    ties: int = 0
+    outcomes: dict[str, int] = field(default_factory=lambda: {"a_wins": 0, "b_wins": 0, "ties": 0})
     total_p_a: float = 0.0
 
     def add(self, p_a: float) -> None:
         self.total_p_a += p_a
-        if p_a > 0.5:
-            self.a_wins += 1
-        elif p_a < 0.5:
-            self.b_wins += 1
-        else:
-            self.ties += 1
+        self.outcomes["a_wins" if p_a > 0.5 else "b_wins" if p_a < 0.5 else "ties"] += 1
 
     def to_dict(self) -> dict[str, Any]:
-        n = self.a_wins + self.b_wins + self.ties
-        decided = self.a_wins + self.b_wins
-        share = self.a_wins / decided if decided else None
+        a, b = self.outcomes["a_wins"], self.outcomes["b_wins"]
+        n, decided = sum(self.outcomes.values()), a + b
+        share = a / decided if decided else None
         # Two-sided 95% check against a fair coin: |share - 0.5| within 1.96 standard errors.
         balanced = None if share is None else abs(share - 0.5) <= 1.96 * math.sqrt(0.25 / decided)
-        return {"n": n, "a_wins": self.a_wins, "b_wins": self.b_wins, "ties": self.ties,
-                "a_share": round(share, 4) if share is not None else None,
+        return {"n": n, **self.outcomes, "a_share": round(share, 4) if share is not None else None,
                 "mean_p_a": round(self.total_p_a / n, 4) if n else None, "balanced_95": balanced}
 
 

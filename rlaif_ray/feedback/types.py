@@ -36,16 +36,22 @@ class Task:
         return (self.pair_id, self.order, self.sample)
 
 
-@dataclass
-class Verdict:
-    """The judge's answer for one Task. `p_first` = P(first-shown response is better), None on failure."""
+@dataclass(kw_only=True)
+class JudgeOutput:
+    """What a judge call gives beside its answer."""
 
-    p_first: float | None
     raw: str = ""
     rationale: str | None = None
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     error: str | None = None
+
+
+@dataclass
+class Verdict(JudgeOutput):
+    """The judge's answer for one Task. `p_first` = P(first-shown response is better), None on failure."""
+
+    p_first: float | None
     attempts: int = 1
 
     @property
@@ -57,15 +63,10 @@ class Verdict:
 
 
 @dataclass
-class ScoreResult:
+class ScoreResult(JudgeOutput):
     """Pointwise judge answer: `score` in [1, 10] (expected value when logprobs exist), None on failure."""
 
     score: float | None
-    raw: str = ""
-    rationale: str | None = None
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
-    error: str | None = None
 
     @property
     def normalized(self) -> float | None:

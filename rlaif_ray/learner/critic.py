@@ -64,9 +64,7 @@ class PolicyWithValueHead(nn.Module):
 
     def __init__(self, lm: nn.Module):
         super().__init__()
-        self.lm = lm
-        self.value_head = ValueHead(_hidden_size(lm))
-        self.config = lm.config
+        self.lm, self.value_head, self.config = lm, ValueHead(_hidden_size(lm)), lm.config
 
     def forward(self, input_ids, attention_mask=None):
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
@@ -82,9 +80,7 @@ class SeparateCritic(nn.Module):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.backbone = backbone
-        self.value_head = ValueHead(_hidden_size(backbone))
-        self.config = backbone.config
+        self.backbone, self.value_head, self.config = backbone, ValueHead(_hidden_size(backbone)), backbone.config
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32) -> SeparateCritic:

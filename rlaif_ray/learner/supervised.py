@@ -32,6 +32,24 @@ class Stage:
     checkpoint_each_epoch: bool = False  # besides the end of the stage
 
 
+def batch_rows(learner) -> int:
+    """Rows of one optimizer step: micro_batch_size x grad_accum x num_ranks."""
+    return learner.micro_batch_size * learner.grad_accum * learner.num_ranks
+
+
+def preference_splits(path: str, what: str, tok, learner, val_fraction: float) -> tuple[list, list]:
+    """A preferences file split by id into encoded (train, val); `what` names it in the error raised when
+    the training split cannot fill one batch."""
+    from ..data import read_preferences, split_by_id
+    from .objectives import encode_preferences
+
+    train, val = split_by_id(read_preferences(path), val_fraction, learner.seed)
+    if len(train) < batch_rows(learner):
+        raise ValueError(f"{what} {path}: {len(train)} training pairs, fewer than one batch ({batch_rows(learner)} "
+                         "= micro_batch_size x grad_accum x num_ranks)")
+    return encode_preferences(train, tok, learner.max_length), encode_preferences(val, tok, learner.max_length)
+
+
 def train_stages(group, stages: list[Stage], *, run_dir: str, batch_size: int, checkpoint_every: int,
                  resume: bool, final: dict, what: str) -> int:
     """Run `stages` in order (from the newest checkpoint with `resume`), export `<run_dir>/final`; the
