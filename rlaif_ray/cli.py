@@ -10,6 +10,7 @@ import sys
 from .cluster import SharedPathError
 from .config import ConfigError, describe, load, save
 from .jobs import JOBS
+from .stopping import StopSignal
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--config", help="YAML config file (see configs/)")
             p.add_argument("--show-config", action="store_true", help="print every key with its doc and exit")
             p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-        p.set_defaults(_module=module, _config=job.config)
+        p.set_defaults(_module=module, _config=job.config, _resumable=job.resumable)
     return parser
 
 
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir:
         save(cfg, run_dir)
     try:
-        return int(module.run(cfg, args) or 0)
+        if not args._resumable:
+            return int(module.run(cfg, args) or 0)
+        with StopSignal():  # a stop asked for while the job starts is kept for its loop
+            return int(module.run(cfg, args) or 0)
     except SharedPathError as e:
         print(f"rlaif-ray {args.job}: {e}", file=sys.stderr)
         return 2

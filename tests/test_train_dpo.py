@@ -1,6 +1,6 @@
 """train-dpo end to end: two chained stages (AI soft labels -> human, reference = previous policy);
 a driver killed with SIGKILL after a checkpoint and resumed with --resume reproduces the uninterrupted
-metrics."""
+metrics; a driver sent SIGTERM checkpoints the step it was in and exits 0."""
 
 import argparse
 import signal
@@ -46,6 +46,11 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+# The same driver sends itself SIGTERM (as `scancel --signal=TERM` or the Slurm launcher's time-limit
+# handler would) while logging step 3: it must checkpoint step 3 and exit 0.
+TERMINATED_AT_STEP_3 = KILLED_AT_STEP_3.replace("signal.SIGKILL", "signal.SIGTERM")
+
+
 def _comparable(rows):
     return [{k: v for k, v in r.items() if k.split("/")[-1] not in VOLATILE} for r in rows]
 
@@ -75,6 +80,12 @@ def test_dpo_stages_and_kill_resume_reproduce_metrics(ray_session, tiny_model_di
     killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP_3, "train-dpo", "--config", str(config_file),
                              f"ray.address={ray_session.get_runtime_context().gcs_address}"], timeout=600)
     assert killed.returncode == -signal.SIGKILL
+    config_c = save(_config(tmp_path, tmp_path / "c"), tmp_path / "c-config")
+    stopped = subprocess.run([sys.executable, "-c", TERMINATED_AT_STEP_3, "train-dpo", "--config", str(config_c),
+                              f"ray.address={ray_session.get_runtime_context().gcs_address}"], timeout=600)
+    assert stopped.returncode == 0
+    assert latest_checkpoint(str(tmp_path / "c")).endswith("step-0000003")
+    assert not (tmp_path / "c" / "final").exists()  # stopped, not finished
     assert latest_checkpoint(str(tmp_path / "b")).endswith("step-0000002")
     assert train_dpo.run(_config(tmp_path, tmp_path / "b"), argparse.Namespace(resume=True)) == 0
     resumed = read_metrics(tmp_path / "b")

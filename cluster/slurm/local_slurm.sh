@@ -17,6 +17,8 @@
 #   LOCAL_SLURM_DIR    state dir                      (default /tmp/rlaif-slurm)
 #   LOCAL_SLURM_NODES  number of fake nodes K (<= 9)  (default 3)
 #   LOCAL_SLURM_CPUS   CPUs each fake node advertises (default 2)
+#   LOCAL_SLURM_GPUS   GPUs each fake node advertises (Gres=gpu:N over N empty files as device files:
+#                      Slurm counts and assigns them, nothing opens them) (default 0)
 #   LOCAL_SLURM_PORT   slurmctld port; node i uses PORT+i (default 6817)
 #   LOCAL_SLURM_WAIT_S seconds to wait for idle nodes  (default 60)
 #   LOCAL_SLURM_ISOLATED  nodes (e.g. "n2") whose slurmd, and so every job step on them, runs in its own
@@ -28,6 +30,7 @@ set -euo pipefail
 DIR=${LOCAL_SLURM_DIR:-/tmp/rlaif-slurm}
 NODES=${LOCAL_SLURM_NODES:-3}
 CPUS=${LOCAL_SLURM_CPUS:-2}
+GPUS=${LOCAL_SLURM_GPUS:-0}
 PORT=${LOCAL_SLURM_PORT:-6817}
 WAIT_S=${LOCAL_SLURM_WAIT_S:-60}
 ISOLATED=${LOCAL_SLURM_ISOLATED:-}
@@ -85,12 +88,20 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
+$( ((GPUS > 0)) && echo "GresTypes=gpu" || true)
 # Finished jobs stay visible to scontrol show job for 10 min (no accounting database here).
 MinJobAge=600
 KillWait=10
 EOF
+    local gres=""
+    if ((GPUS > 0)); then
+        gres="Gres=gpu:$GPUS"
+        # Fake GPUs: empty files as device files, so Slurm counts and assigns them (no cgroup binds them).
+        echo "Name=gpu File=$DIR/fakegpu[0-$((GPUS - 1))]" >"$DIR/gres.conf"
+        for i in $(seq 0 $((GPUS - 1))); do touch "$DIR/fakegpu$i"; done
+    fi
     for i in $(seq 1 "$NODES"); do
-        echo "NodeName=n$i NodeAddr=127.0.0.1$i NodeHostname=n$i Port=$((PORT + i)) CPUs=$CPUS RealMemory=4000 State=UNKNOWN" >>"$CONF"
+        echo "NodeName=n$i NodeAddr=127.0.0.1$i NodeHostname=n$i Port=$((PORT + i)) CPUs=$CPUS RealMemory=4000 $gres State=UNKNOWN" >>"$CONF"
     done
     echo "PartitionName=debug Nodes=n[1-$NODES] Default=YES MaxTime=INFINITE State=UP" >>"$CONF"
 }
@@ -132,6 +143,7 @@ start() {
         local have
         have=$(grep -c '^NodeName=' "$CONF")
         [[ $have -eq $NODES ]] || die "already running with $have nodes, not $NODES: run '$0 stop' first"
+        ((GPUS == 0)) || grep -q "Gres=gpu:$GPUS " "$CONF" || die "already running without Gres=gpu:$GPUS: run '$0 stop' first"
         log "already running ($CONF)"
     else
         stop_pids "$DIR"/d/n*.pid  # slurmd left by a crashed run would hold the node ports

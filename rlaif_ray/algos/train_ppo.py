@@ -11,11 +11,11 @@ bar: loss terms, reward mean/std, KL, entropy, clip fraction, value error, grad 
 wall-time split generate/score/train/sync/checkpoint; `driver_overhead_fraction` is the step time in
 none of them; `sync_bytes` and `driver_rss_mb` show the weights going learner -> engines without the
 driver. `<run_dir>/placement.json` records the node of the driver, each rollout worker and learner
-rank. Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head,
-DeepSpeed optimizer state, RNG, KL coefficient, data cursor) every `checkpoint_every` steps and at the
-end; `--resume` continues from the latest one and reproduces the uninterrupted run (the prompt order
-and sampling seeds are functions of the step). A non-finite reward or loss stops the run naming the
-batch's sample ids; the last good checkpoint stays.
+rank. Checkpoints (`<run_dir>/checkpoints/step-N`: HF safetensors policy + value head, DeepSpeed
+optimizer state, RNG, KL coefficient, data cursor) every `checkpoint_every` steps, at the end, and after
+the step in progress on SIGTERM/SIGUSR1 (then exit 0); `--resume` continues from the latest one and
+reproduces the uninterrupted run (the prompt order and sampling seeds are functions of the step). A
+non-finite reward or loss stops the run naming the batch's sample ids; the last good checkpoint stays.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     from ..models import load_tokenizer, resolve_model_path
     from ..reward import build_reward_source
     from ..rollout import RolloutPool
+    from ..stopping import StopSignal
     from ..sync import WeightSync
 
     prompts = read_prompts(cfg.prompts)
@@ -100,13 +101,13 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
             log.info("resumed from %s at step %d", ckpt, start)
         run = PPORun(cfg, prompts, pool, learners, sync, reward, kl_ctl)
         rows = []
-        with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics:
+        with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics, StopSignal() as stop:
             t_loop = time.perf_counter()
             for step in range(start, ppo.steps):
                 t0, timer = time.perf_counter(), PhaseTimer(TIMED)
                 row = ppo_step(run, step, timer)
-                # A wall-clock budget ends the run after the step that crosses it, checkpointed like the last.
-                last = step + 1 == ppo.steps or (
+                # A wall-clock budget or a stop signal ends the run after this step, checkpointed like the last.
+                last = step + 1 == ppo.steps or stop.requested or (
                     ppo.max_minutes is not None and (time.perf_counter() - t_loop) / 60 >= ppo.max_minutes)
                 if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last:
                     with timer("checkpoint"):
@@ -119,9 +120,12 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
                 metrics.log(step + 1, row, prefix="ppo")
                 rows.append({"step": step + 1, **row})
                 if last:
-                    if step + 1 < ppo.steps:
-                        log.info("ppo.max_minutes=%s reached after step %d of %d", ppo.max_minutes, step + 1, ppo.steps)
                     break
+        if stop.requested:
+            log.info("stopped after step %d of %d, checkpointed; --resume continues", start + len(rows), ppo.steps)
+            return rows
+        if start + len(rows) < ppo.steps:
+            log.info("ppo.max_minutes=%s reached after step %d of %d", ppo.max_minutes, start + len(rows), ppo.steps)
         log.info("policy written to %s", export_final(learners.policy, cfg.run_dir, {"step": start + len(rows)}))
         return rows
     finally:

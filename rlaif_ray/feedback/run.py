@@ -16,6 +16,7 @@ import signal
 from typing import Any
 
 from ..config import FeedbackPoolConfig, JudgeConfig, RayConfig
+from ..stopping import StopSignal
 from .judges import config_hash, judge_id
 from .labels import tasks_for
 from .store import LabelStore, key_of
@@ -81,17 +82,16 @@ class Pending:
         pool = FeedbackPool(pool_cfg, ray_cfg, self.run_dir, self.chash)
         self.nodes = pool.nodes()
 
-        def stop(signum, _frame):
-            self.interrupted = True
-            log.warning("signal %d: finishing calls in flight, then exiting (re-run to resume)", signum)
-            pool.drain()
-
-        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if interruptible else {}
+        stop = StopSignal((signal.SIGTERM, signal.SIGINT), pool.drain, "finishing calls in flight, then exiting")
         try:
-            return pool.label(self.todo, progress)
+            if not interruptible:
+                return pool.label(self.todo, progress)
+            with stop:
+                try:
+                    return pool.label(self.todo, progress)
+                finally:
+                    self.interrupted = stop.requested
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
             pool.shutdown()
 
     def new_records(self) -> list[dict]:

@@ -1,6 +1,7 @@
 """The loop every supervised trainer shares (train-rm, train-dpo): stages of epochs of seeded batches
 through a LearnerGroup, with a resumable cursor, metrics, checkpoints, a stop on a non-finite loss that
-keeps the last good checkpoint, the final export, and the group shut down whatever happens.
+keeps the last good checkpoint, a graceful stop on SIGTERM/SIGUSR1 (checkpoint after the step in progress,
+exit 0, `--resume` continues), the final export, and the group shut down whatever happens.
 
     stages = [Stage("dpo", rows, epochs=1, seed=0, batch=lambda idx: ..., evaluate=lambda epoch: {...})]
     return train_stages(group, stages, run_dir=..., batch_size=32, checkpoint_every=0, resume=False,
@@ -54,6 +55,7 @@ def train_stages(group, stages: list[Stage], *, run_dir: str, batch_size: int, c
                  resume: bool, final: dict, what: str) -> int:
     """Run `stages` in order (from the newest checkpoint with `resume`), export `<run_dir>/final`; the
     exit code: 0, or 1 after a non-finite loss. Shuts `group` down."""
+    from ..stopping import StopSignal
     from .checkpoint import export_final, latest_checkpoint, save_checkpoint
     from .group import NonFiniteLossError, epoch_batches
     from .metrics import MetricsWriter
@@ -65,7 +67,7 @@ def train_stages(group, stages: list[Stage], *, run_dir: str, batch_size: int, c
             cursor.update(group.load(ckpt))
             log.info("resumed from %s at %s", ckpt, cursor)
         total = sum(s.epochs * (len(s.rows) // batch_size) for s in stages)
-        with MetricsWriter(run_dir, total, resume=cursor if ckpt else None) as metrics:
+        with MetricsWriter(run_dir, total, resume=cursor if ckpt else None) as metrics, StopSignal() as stop:
             step = cursor["step"]
 
             def save(stage: int, epoch: int, batch: int) -> None:
@@ -83,6 +85,10 @@ def train_stages(group, stages: list[Stage], *, run_dir: str, batch_size: int, c
                         out = group.train_step(stage.name, stage.batch(order[bi]))
                         step += 1
                         metrics.log(step, {**out, "stage": si, "epoch": epoch}, prefix=stage.prefix)
+                        if stop.requested:
+                            save(si, epoch, bi + 1)
+                            log.info("stopped at step %d, checkpointed; --resume continues", step)
+                            return 0
                         if checkpoint_every and step % checkpoint_every == 0:
                             save(si, epoch, bi + 1)
                     for prefix, values in (stage.evaluate(epoch) if stage.evaluate else {}).items():
