@@ -5,8 +5,9 @@ Every node advertises 8 count-only GPUs (Gres=gpu:8). A 2-node allocation runs a
 whose two pool actors are STRICT_SPREAD over the two Ray nodes, the second of which (n2) runs in its own
 mount namespace (fresh /dev/shm and /tmp). At the same time: a 1-node job whose driver fails (config
 error, exit 2) runs through `ray job submit` and must end FAILED with ExitCode 2; two 1-CPU jobs share
-n3 on their default port blocks, one asking for 8 GPUs (Ray must count 8 and a task must get them) from
-a venv whose path is over 127 bytes (pip's #!/bin/sh entry points), the other cancelled while its driver
+n3 on their default port blocks, one asking for 8 GPUs (Ray must count 8 and a task must get them) and
+1000 MB (the object store is sized from it) from a venv whose path is over 127 bytes (pip's #!/bin/sh
+entry points), the other cancelled while its driver
 runs; then a `train-dpo` job with a 3-minute limit gets `--signal=B:USR1@100`, checkpoints and ends
 COMPLETED. Every job must leave no process behind."""
 
@@ -101,7 +102,9 @@ ray.init(address="auto")
 def probe():
     return ray.get_gpu_ids(), sorted(k for k in os.environ if k.startswith(("SLURM_", "PMIX_")))
 ids, leaked = ray.get(probe.remote())
-print(f"cluster GPUs {ray.cluster_resources().get('GPU')}; task GPU ids {sorted(map(int, ids))}; leaked {leaked}")
+res = ray.cluster_resources()
+print(f"cluster GPUs {res.get('GPU')}; task GPU ids {sorted(map(int, ids))}; leaked {leaked}")
+print(f"object store MiB {res['object_store_memory'] / 2**20:.0f}")
 """
 
 # pip's entry point when the interpreter path is too long for a shebang line.
@@ -170,9 +173,10 @@ def jobs(slurm_env, tmp_path_factory, tiny_model_dir):
     gpu_dir = tmp_path_factory.mktemp("gpu")
     gpu_tmp = short_tmpdir("rs")
     venv = long_path_venv(gpu_dir)
-    gpu = _sbatch(slurm_env, gpu_dir, ["-N", "1", "--cpus-per-task=1", "--gpus-per-node=8", "-w", "n3"],
+    gpu = _sbatch(slurm_env, gpu_dir, ["-N", "1", "--cpus-per-task=1", "--gpus-per-node=8", "--mem=1000",
+                                       "-w", "n3"],
                   [str(venv / "bin" / "python"), "-c", GPU_CHECK], RAY_TMPDIR_BASE=str(gpu_tmp),
-                  RLAIF_RAY_VENV=str(venv))
+                  RLAIF_RAY_VENV=str(venv), RAY_OBJECT_STORE_MB="")  # sized from --mem
 
     cancel_dir = tmp_path_factory.mktemp("cancel")
     cancel_tmp = short_tmpdir("rs")
@@ -252,6 +256,7 @@ def test_gpus_are_requested_counted_and_handed_to_tasks(slurm_env, jobs):
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
     assert "1/1 Ray nodes alive: 127.0.0.13 (1 CPU, 8 GPU)" in log
     assert "cluster GPUs 8.0; task GPU ids [0, 1, 2, 3, 4, 5, 6, 7]; leaked []" in log
+    assert "object store MiB 300" in log  # 30% of --mem=1000
     assert not ray_tmp.joinpath("n3").exists()  # each node's temp dir goes with its Ray
     assert _gone(str(ray_tmp)) == []
 
