@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 def run(cfg: LabelJob, args) -> int:
     from ..data import read_pairs, write_rows
     from ..feedback import consolidate
+    from ..feedback.cost import prices_of
     from ..feedback.labels import cost_of
     from ..feedback.run import Pending
 
@@ -43,6 +44,7 @@ def run(cfg: LabelJob, args) -> int:
                "calls_total": len(pending.tasks), "calls_run": len(pending.todo), "seconds": round(seconds, 3),
                "calls_per_s": round(len(new_records) / seconds, 3) if seconds > 0 else None,
                **stats, "cost_run": cost_of(new_records), "cost_cumulative": cost_of(store.records()),
+               "prices_per_mtok": prices_of(jcfg),
                "pool": run_summary, "nodes": pending.nodes, "torn_lines": store.torn_lines}
     summary_path = run_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, default=str))

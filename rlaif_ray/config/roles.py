@@ -77,9 +77,14 @@ class JudgeConfig:
     temperature: float = field_(0.0, "sampling temperature of the judge", ge=0)
     max_tokens: int = field_(16, "max output tokens per verdict (raised automatically for CoT)", ge=1)
     prompt_caching: bool = field_(True, "mark the rubric system prefix for Anthropic prompt caching")
-    price_per_mtok: dict[str, float] = field_(
-        {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
-        "USD per million tokens by kind (batches cost half)")
+    price_per_mtok: dict[str, float] | None = field_(
+        None, "USD per million tokens by kind (input, output, cache_write, cache_read; batches cost half). "
+        "None: Claude Sonnet's list prices for kind=anthropic/anthropic-batch, 0 for the rest (a local "
+        "server is free; set this for a paid OpenAI-compatible API)")
+    constrain: Literal["auto", "choice", "json_schema", "none"] = field_(
+        "auto", "kind=openai without CoT: constrain the answer to the verdict letter or score. 'choice': "
+        "vLLM structured outputs; 'json_schema': response_format JSON schema (OpenAI, Ollama /v1, vLLM); "
+        "'auto': probe once per actor, most specific first, and use what the server obeys")
     batch_poll_s: float = field_(10.0, "poll interval of the Message Batches API", gt=0)
     batch_max_requests: int = field_(100_000, "max requests per Message Batch (API limit)", ge=1, le=100_000)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import JudgeConfig, RetryConfig
 from ..data import content_id
-from .cost import cost_usd
+from .cost import cost_usd, prices_of
 from .judge_api import AnthropicJudge
 from .judges import judge_id
 from .parsing import ParseError, parse_letter, rationale_of
@@ -125,7 +125,7 @@ class BatchLabeler:
         usage = AnthropicJudge._usage(msg)
         text = AnthropicJudge._text(msg)
         v = Verdict(None, raw=text, rationale=rationale_of(text), usage=usage,
-                    cost_usd=cost_usd(usage, self.cfg.price_per_mtok, batch=True))
+                    cost_usd=cost_usd(usage, prices_of(self.cfg), batch=True))
         try:
             v.p_first = 1.0 if parse_letter(text) == "A" else 0.0
         except ParseError as e:

@@ -1,11 +1,20 @@
-"""Dollars from token counts and the price table in JudgeConfig (USD per million tokens by kind);
-Message Batches bill half."""
+"""Dollars from token counts and the judge's price table (USD per million tokens by kind); Message
+Batches bill half."""
 
 from __future__ import annotations
 
+from ..config import JudgeConfig
 from .types import Usage
 
 BATCH_DISCOUNT = 0.5
+CLAUDE_PRICES = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}  # Sonnet, USD/Mtok
+
+
+def prices_of(cfg: JudgeConfig) -> dict[str, float]:
+    """The judge's price table: its own, else Claude's list prices for Anthropic kinds and 0 for the rest."""
+    if cfg.price_per_mtok is not None:
+        return cfg.price_per_mtok
+    return CLAUDE_PRICES if cfg.kind in ("anthropic", "anthropic-batch") else dict.fromkeys(CLAUDE_PRICES, 0.0)
 
 
 def cost_usd(usage: Usage, price_per_mtok: dict[str, float], batch: bool = False) -> float:

@@ -4,14 +4,25 @@ apply, and every attempt first takes a rate-limiter token. Keys come only from t
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 import os
+import re
 from typing import Any
 
 from ..config import JudgeConfig, RetryConfig
-from .cost import cost_usd
+from .cost import cost_usd, prices_of
 from .judges import Judge
-from .parsing import ParseError, p_from_logprobs, parse_letter, parse_score, rationale_of, score_from_logprobs
+from .parsing import (
+    ParseError,
+    answer_token,
+    p_from_logprobs,
+    parse_letter,
+    parse_score,
+    rationale_of,
+    score_from_logprobs,
+)
 from .prompts import pair_system, pair_user, score_system, score_user
 from .ratelimit import RateLimiter
 from .retry import GaveUp, with_retry
@@ -19,6 +30,7 @@ from .rubrics import load_rubric
 from .types import ScoreResult, Task, Usage, Verdict
 
 COT_MIN_TOKENS = 512
+VERDICTS, SCORES = ("A", "B"), tuple(str(i) for i in range(1, 11))  # the answers a judge may give
 
 
 def _estimate_tokens(*texts: str) -> int:
@@ -42,6 +54,7 @@ class _APIJudge(Judge):
         self.retry, self.limiter = retry, limiter
         self.rubric = load_rubric(cfg.rubric)
         self.max_tokens = max(cfg.max_tokens, COT_MIN_TOKENS) if cfg.cot else cfg.max_tokens
+        self.answer_format: str | None = None  # set by judges that constrain their answers
 
     async def _call(self, create, params: dict, est_input: int):
         async def attempt():
@@ -58,12 +71,13 @@ class _APIJudge(Judge):
     async def judge(self, task: Task) -> Verdict:
         system, user = pair_system(self.rubric, self.cfg.cot), pair_user(task.prompt, task.first, task.second)
         try:
-            response, attempts = await self._request(system, user)
+            response, attempts = await self._request(system, user, VERDICTS)
         except GaveUp as e:
             return Verdict(None, error=str(e), attempts=e.attempts)
         usage, text = self._usage(response), self._text(response)
         v = Verdict(None, raw=text, rationale=rationale_of(text), usage=usage,
-                    cost_usd=cost_usd(usage, self.cfg.price_per_mtok), attempts=attempts)
+                    cost_usd=cost_usd(usage, prices_of(self.cfg)), attempts=attempts,
+                    answer_format=self.answer_format)
         try:
             v.p_first = self._p_first(response, text)
         except ParseError as e:
@@ -73,12 +87,12 @@ class _APIJudge(Judge):
     async def score(self, prompt: Any, response_text: Any) -> ScoreResult:
         system, user = score_system(self.rubric, self.cfg.cot), score_user(prompt, response_text)
         try:
-            response, _ = await self._request(system, user)
+            response, _ = await self._request(system, user, SCORES)
         except GaveUp as e:
             return ScoreResult(None, error=str(e))
         usage, text = self._usage(response), self._text(response)
         r = ScoreResult(None, raw=text, rationale=rationale_of(text), usage=usage,
-                        cost_usd=cost_usd(usage, self.cfg.price_per_mtok))
+                        cost_usd=cost_usd(usage, prices_of(self.cfg)), answer_format=self.answer_format)
         try:
             r.score = self._score(response, text)
         except ParseError as e:
@@ -110,7 +124,7 @@ class AnthropicJudge(_APIJudge):
             body["temperature"] = self.cfg.temperature
         return body
 
-    async def _request(self, system: str, user: str):
+    async def _request(self, system: str, user: str, _answers: tuple[str, ...]):
         params = self.params(system, user)
         if "temperature" in params:  # the 2.x SDK has no temperature argument; the HTTP API may accept it
             params["extra_body"] = {"temperature": params.pop("temperature")}
@@ -139,8 +153,10 @@ class AnthropicJudge(_APIJudge):
 
 
 class OpenAIJudge(_APIJudge):
-    """OpenAI-compatible server: soft label from the verdict token's `top_logprobs` (the RLAIF paper's
-    method); falls back to the text verdict when the server returns no logprobs."""
+    """OpenAI-compatible server (vLLM, Ollama /v1, llama.cpp, OpenAI): the soft label is the verdict
+    position's distribution from `top_logprobs` (the RLAIF paper's method), whatever token was sampled
+    there; the answer is constrained to the verdict where the server can (`JudgeConfig.constrain`); the
+    text verdict is the fallback when the server returns no logprobs."""
 
     def __init__(self, cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None):
         super().__init__(cfg, retry, limiter)
@@ -150,13 +166,44 @@ class OpenAIJudge(_APIJudge):
         key = os.environ.get("OPENAI_API_KEY") or "no-key"
         self.client = openai.AsyncOpenAI(api_key=key, base_url=cfg.base_url, max_retries=0, timeout=retry.timeout_s,
                                          http_client=_aiohttp_client(openai))
+        self.answer_format = "none" if cfg.cot else None if cfg.constrain == "auto" else cfg.constrain
+        self._probing: asyncio.Lock | None = None
 
-    async def _request(self, system: str, user: str):
+    def _params(self, system: str, user: str, answers: tuple[str, ...], fmt: str) -> dict:
         params = {"model": self.cfg.model, "max_tokens": self.max_tokens, "temperature": self.cfg.temperature,
                   "logprobs": True, "top_logprobs": 20,
                   "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
-        return await self._call(self.client.chat.completions.with_raw_response.create, params,
-                                _estimate_tokens(system, user))
+        if fmt == "choice":  # vLLM's structured outputs
+            params["extra_body"] = {"structured_outputs": {"choice": list(answers)}}
+        elif fmt == "json_schema":
+            schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(answers)}},
+                      "required": ["answer"], "additionalProperties": False}
+            params["response_format"] = {"type": "json_schema",
+                                         "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+            params["max_tokens"] = max(self.max_tokens, 16)  # {"answer": "A"}
+        return params
+
+    async def _request(self, system: str, user: str, answers: tuple[str, ...]):
+        if self.answer_format is None:
+            self._probing = self._probing or asyncio.Lock()
+            async with self._probing:  # the first calls of an actor wait for one probe
+                if self.answer_format is None:
+                    self.answer_format = await self._probe()
+        return await self._call(self.client.chat.completions.with_raw_response.create,
+                                self._params(system, user, answers, self.answer_format), _estimate_tokens(system, user))
+
+    async def _probe(self) -> str:
+        """The most specific constraint this server obeys: a request that would not answer a letter
+        unconstrained ("Say hello.") must come back as one. A server that rejects or ignores it: the next."""
+        for fmt in ("choice", "json_schema"):
+            params = self._params("Answer the question.", "Say hello.", VERDICTS, fmt)
+            try:
+                response, _ = await self._call(self.client.chat.completions.with_raw_response.create, params, 8)
+            except GaveUp:
+                continue
+            if _answer_of(self._text(response), fmt) in VERDICTS:
+                return fmt
+        return "none"
 
     @staticmethod
     def _text(response) -> str:
@@ -171,28 +218,53 @@ class OpenAIJudge(_APIJudge):
         cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
         return Usage(input=(u.prompt_tokens or 0) - cached, output=u.completion_tokens or 0, cache_read=cached)
 
-    @staticmethod
-    def _top(response, accept) -> dict[str, float] | None:
-        """top_logprobs of the last generated token that `accept`s (the verdict or score position)."""
+    def _top(self, response, answers: tuple[str, ...], label: str) -> dict[str, float] | None:
+        """top_logprobs of the answer position: the first generated token (after `label:` with CoT; the
+        value inside the JSON object with json_schema), else the last position that sampled an answer.
+        A position counts only when some answer is among its top tokens."""
         lp = response.choices[0].logprobs
         if lp is None or not lp.content:
             return None
-        for tok in reversed(lp.content):
-            if accept(tok.token.strip()):
-                return {t.token: t.logprob for t in tok.top_logprobs} or {tok.token: tok.logprob}
+        tokens = lp.content
+        if self.cfg.cot:
+            text, first = "", []
+            for tok in tokens:
+                if re.search(rf"{label}\s*[:\-]?\s*\**\s*$", text, re.I) and tok.token.strip():
+                    first = [tok]
+                    break
+                text += tok.token
+        elif self.answer_format == "json_schema":
+            first = [t for t in tokens if answer_token(t.token) in answers][:1]
+        else:
+            first = tokens[:1]
+        sampled = [t for t in reversed(tokens) if answer_token(t.token) in answers]
+        for tok in first + sampled:
+            top = {t.token: t.logprob for t in tok.top_logprobs} or {tok.token: tok.logprob}
+            if any(answer_token(t) in answers for t in top):
+                return top
         return None
 
     def _p_first(self, response, text: str) -> float:
-        top = self._top(response, lambda t: t.upper() in ("A", "B"))
+        top = self._top(response, VERDICTS, "verdict")
         if top is None:
-            return 1.0 if parse_letter(text) == "A" else 0.0
+            return 1.0 if parse_letter(_answer_of(text, self.answer_format)) == "A" else 0.0
         return p_from_logprobs(top)
 
     def _score(self, response, text: str) -> float:
-        top = self._top(response, lambda t: t.isdigit())
+        top = self._top(response, SCORES, "score")
         if top is None:
-            return parse_score(text)
+            return parse_score(_answer_of(text, self.answer_format))
         return score_from_logprobs(top)
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _answer_of(text: str, fmt: str | None) -> str:
+    """The answer inside a json_schema reply ({"answer": "A"} -> "A"); other text as it is."""
+    if fmt == "json_schema":
+        try:
+            return str(json.loads(text).get("answer", text))
+        except (ValueError, AttributeError):
+            return text
+    return text.strip()

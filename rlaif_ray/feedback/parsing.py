@@ -59,11 +59,16 @@ def parse_score(text: str) -> float:
     return score
 
 
+def answer_token(token: str) -> str:
+    """A token as an answer: spaces, quotes and JSON punctuation stripped, upper case (' a', '"A' -> 'A')."""
+    return token.strip().strip('{}:"\'').strip().upper()
+
+
 def p_from_logprobs(top: dict[str, float]) -> float:
-    """P(A) renormalised over the A/B mass among the top tokens (' A', 'a' count as A)."""
+    """P(A) renormalised over the A/B mass among the top tokens (' A', 'a', '"A' count as A)."""
     mass = {"A": 0.0, "B": 0.0}
     for token, lp in top.items():
-        t = token.strip().upper()
+        t = answer_token(token)
         if t in mass:
             mass[t] += math.exp(lp)
     total = mass["A"] + mass["B"]
@@ -76,7 +81,7 @@ def score_from_logprobs(top: dict[str, float]) -> float:
     """Expected 1-10 score from the digit tokens among the top logprobs (d-RLAIF)."""
     mass: dict[int, float] = {}
     for token, lp in top.items():
-        t = token.strip()
+        t = answer_token(token)
         if t.isdigit() and 1 <= int(t) <= 10:
             mass[int(t)] = mass.get(int(t), 0.0) + math.exp(lp)
     total = sum(mass.values())

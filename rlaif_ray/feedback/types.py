@@ -45,6 +45,7 @@ class JudgeOutput:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     error: str | None = None
+    answer_format: str | None = None  # how the answer was constrained (kind=openai): choice | json_schema | none
 
 
 @dataclass
