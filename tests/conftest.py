@@ -1,6 +1,8 @@
 """Shared test set-up: offline hub, private caches, one local Ray per session, one tiny model."""
 
+import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,7 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # Built models and JIT-compiled DeepSpeed ops are deterministic: keep them across runs.
 _CACHE = Path(os.environ.setdefault("RLAIF_RAY_CACHE", str(Path.home() / ".cache" / "rlaif-ray")))
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_CACHE / "torch_extensions"))
+# Per venv: a JIT build records the venv's include paths, so two checkouts sharing one directory rebuild
+# each other's ops on every run.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_CACHE / "torch_extensions" / hashlib.md5(sys.prefix.encode()).hexdigest()[:8]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 

@@ -113,3 +113,34 @@ def test_nan_loss_names_the_batch_and_a_dead_rank_is_named(ray_session, tiny_mod
             g.train_step("dpo", dict(batch, ref_logps=torch.zeros(8, 2)))
     finally:
         g.shutdown()
+
+
+_LOAD_SHM = ("import os, sys; os.environ['DS_ACCELERATOR'] = 'cpu'; from rlaif_ray.learner.engine import load_shm_op; "
+             "load_shm_op(float(sys.argv[1]))")
+
+
+@pytest.mark.slow
+def test_shm_op_build_survives_a_killed_builder_and_a_held_lock_times_out(tmp_path):
+    """Torch's JIT lock file outlives a builder killed mid-build (a rank stopped at a timeout) and then blocks
+    every later rank forever; load_shm_op serialises builds with an flock and removes such a stale file."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    directory = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(), "deepspeed_shm_comm")
+    os.makedirs(directory, exist_ok=True)
+    stale = os.path.join(directory, "lock")
+    open(stale, "w").close()  # what a killed build leaves
+    done = subprocess.run([sys.executable, "-c", _LOAD_SHM, "300"], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not os.path.exists(stale)
+    assert os.path.exists(os.path.join(directory, "deepspeed_shm_comm.so"))
+
+    with open(os.path.join(directory, "build.flock"), "w") as guard:  # a live builder holds the lock
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        waited = subprocess.run([sys.executable, "-c", _LOAD_SHM, "2"], capture_output=True, text=True, timeout=120)
+    assert waited.returncode != 0
+    assert "another process has held the build lock of DeepSpeed's shm op for 2s" in waited.stderr

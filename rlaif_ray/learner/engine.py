@@ -11,9 +11,13 @@ own FusedAdam / CPUAdam are JIT-compiled C++ (minutes on first use) and only wor
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import time
 
 from ..config import ConfigError, LearnerConfig
+
+log = logging.getLogger(__name__)
 
 
 def check_precision(cfg: LearnerConfig) -> None:
@@ -51,7 +55,46 @@ def init_process_group(rank: int, world: int, addr: str, port: int, cfg: Learner
     if cfg.gpus_per_rank == 0 and not cfg.shm_comm:
         # The shm all-reduce is a JIT-built C++ op; marking it incompatible makes DeepSpeed use gloo.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    elif cfg.gpus_per_rank == 0:
+        load_shm_op(cfg.timeout_s)  # built (or loaded) here, so init_distributed finds it in DeepSpeed's cache
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+
+
+def load_shm_op(timeout_s: float) -> None:
+    """Build or load DeepSpeed's CPU shared-memory all-reduce into TORCH_EXTENSIONS_DIR, one process at a time.
+
+    Torch guards a JIT build with a plain `lock` file. A builder killed mid-build (a rank stopped at a timeout,
+    a cancelled job) leaves it behind, and every later rank on any run waits on it forever. An flock dies with
+    its process: holding it, nobody else is building, so a `lock` file found then is stale and removed."""
+    import fcntl
+
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import get_default_build_root
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    directory = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(), builder.name)
+    os.makedirs(directory, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(os.path.join(directory, "build.flock"), "w") as guard:
+        while True:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{directory}: another process has held the build lock of DeepSpeed's "
+                                       f"shm op for {timeout_s:.0f}s") from None
+                time.sleep(0.5)
+        stale = os.path.join(directory, "lock")
+        if os.path.exists(stale):
+            log.warning("%s: removing the lock file a killed build left behind", stale)
+            os.remove(stale)
+        t0 = time.perf_counter()
+        builder.load(verbose=False)  # cached in DeepSpeed's OpBuilder._loaded_ops for init_distributed
+        log.info("DeepSpeed shm op ready in %.1fs (%s)", time.perf_counter() - t0, directory)
 
 
 def ds_config(cfg: LearnerConfig, world: int) -> dict:
