@@ -54,8 +54,9 @@ class ActorGroup:
         return len(self.actors)
 
     def submit(self, method: str, *args, per_actor: list[tuple] | None = None, ranks: list[int] | None = None) -> list:
-        """Start `method` on every actor (or on `ranks`), with `args` or `per_actor[i]`; the refs, in order."""
-        ranks = list(range(len(self.actors))) if ranks is None else ranks
+        """Start `method` on every actor (or on `ranks`; the first len(per_actor) with `per_actor`), with
+        `args` or `per_actor[i]`; the refs, in order."""
+        ranks = self._ranks(ranks, per_actor)
         return [getattr(self.actors[r], method).remote(*(per_actor[n] if per_actor is not None else args))
                 for n, r in enumerate(ranks)]
 
@@ -66,8 +67,11 @@ class ActorGroup:
 
     def call(self, method: str, *args, per_actor: list[tuple] | None = None, ranks: list[int] | None = None) -> list:
         """`submit` then `wait`: one result per actor."""
-        ranks = list(range(len(per_actor))) if per_actor is not None and ranks is None else ranks
+        ranks = self._ranks(ranks, per_actor)
         return self.wait(self.submit(method, *args, per_actor=per_actor, ranks=ranks), method, ranks)
+
+    def _ranks(self, ranks: list[int] | None, per_actor: list[tuple] | None) -> list[int]:
+        return ranks if ranks is not None else list(range(len(self.actors) if per_actor is None else len(per_actor)))
 
     def shutdown(self, graceful: str | None = None, graceful_timeout_s: float = 60.0) -> None:
         """Call `graceful` on every actor (a dead one is only logged), then kill them and free the bundles."""

@@ -198,10 +198,7 @@ def jobs(slurm_env, tmp_path_factory, tiny_model_dir):
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_two_node_label_job_completes_on_both_nodes(slurm_env, jobs):
-    job_id, out, workdir, ray_tmp = jobs["ok"]
-    fields = _wait(slurm_env, job_id)
-    log = out.read_text()
-    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+    fields, log, workdir, ray_tmp = _ended(slurm_env, jobs["ok"], "COMPLETED", "0:0")
     assert fields["NodeList"] == "n[1-2]"
     # Both joined, at their Slurm NodeAddrs, with the CPUs of the allocation (--cpus-per-task=2).
     assert "2/2 Ray nodes alive: 127.0.0.11 (2 CPU, 0 GPU), 127.0.0.12 (2 CPU, 0 GPU)" in log
@@ -215,20 +212,14 @@ def test_two_node_label_job_completes_on_both_nodes(slurm_env, jobs):
     # n2 is a machine of its own: its Ray temp dir (kept: RAY_KEEP_TMPDIR=1) lived in its /tmp, which this
     # host never saw.
     assert (ray_tmp / "n1").is_dir() and not (ray_tmp / "n2").exists()
-    # Teardown left no process of this job behind.
-    assert _gone(str(ray_tmp)) == []
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_failing_driver_fails_the_job_with_its_exit_code(slurm_env, jobs):
-    job_id, out, _workdir, ray_tmp = jobs["bad"]
-    fields = _wait(slurm_env, job_id)
-    log = out.read_text()
-    assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "2:0"), log[-4000:]
+    _, log, _, _ = _ended(slurm_env, jobs["bad"], "FAILED", "2:0")
     assert "pool.num_actors" in log  # the driver's own error reached the job's output
     assert "driver exited with 2" in log
-    assert _gone(str(ray_tmp)) == []
 
 
 @pytest.mark.slow
@@ -241,24 +232,18 @@ def test_scancel_ends_every_ray_process_of_the_job(slurm_env, jobs):
         time.sleep(1)
     assert processes_mentioning(str(ray_tmp)), "the job's Ray processes should be running"
     subprocess.run(["scancel", job_id], env=slurm_env, check=True)
-    fields = _wait(slurm_env, job_id)
-    assert fields["JobState"] == "CANCELLED"
-    assert "stopping this job's Ray steps" in out.read_text()
-    assert _gone(str(ray_tmp)) == []
+    _, log, _, _ = _ended(slurm_env, jobs["cancel"], "CANCELLED")
+    assert "stopping this job's Ray steps" in log
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_gpus_are_requested_counted_and_handed_to_tasks(slurm_env, jobs):
-    job_id, out, _workdir, ray_tmp = jobs["gpu"]
-    fields = _wait(slurm_env, job_id)
-    log = out.read_text()
-    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+    _, log, _, ray_tmp = _ended(slurm_env, jobs["gpu"], "COMPLETED", "0:0")
     assert "1/1 Ray nodes alive: 127.0.0.13 (1 CPU, 8 GPU)" in log
     assert "cluster GPUs 8.0; task GPU ids [0, 1, 2, 3, 4, 5, 6, 7]; leaked []" in log
     assert "object store MiB 300" in log  # 30% of --mem=1000
     assert not ray_tmp.joinpath("n3").exists()  # each node's temp dir goes with its Ray
-    assert _gone(str(ray_tmp)) == []
 
 
 @pytest.mark.slow
@@ -266,14 +251,21 @@ def test_gpus_are_requested_counted_and_handed_to_tasks(slurm_env, jobs):
 def test_time_limit_signal_checkpoints_and_completes(slurm_env, jobs):
     from rlaif_ray.learner.checkpoint import latest_checkpoint
 
-    job_id, out, workdir, ray_tmp = jobs["stop"]
-    fields = _wait(slurm_env, job_id)
-    log = out.read_text()
-    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+    _, log, workdir, _ = _ended(slurm_env, jobs["stop"], "COMPLETED", "0:0")
     assert "SIGUSR1: the time limit is near" in log and "driver exited with 0" in log
     assert latest_checkpoint(str(workdir / "run")) is not None, log[-4000:]  # --resume continues from it
     assert not (workdir / "run" / "final").exists()
-    assert _gone(str(ray_tmp)) == []
+
+
+def _ended(env: dict, job: tuple, state: str, exit_code: str | None = None) -> tuple[dict, str, Path, Path]:
+    """Wait for `job` to end in `state` (and `exit_code`) and for every process of it to be gone; returns
+    (scontrol fields, its output, its workdir, its Ray temp dir)."""
+    job_id, out, workdir, ray_tmp = job
+    fields = _wait(env, job_id)
+    log = out.read_text()
+    assert fields["JobState"] == state and exit_code in (None, fields["ExitCode"]), (fields, log[-4000:])
+    assert _gone(str(ray_tmp)) == [], "a process of the job outlived it"
+    return fields, log, workdir, ray_tmp
 
 
 def _gone(text: str, wait_s: float = 30) -> list[str]:

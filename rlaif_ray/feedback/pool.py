@@ -13,7 +13,6 @@ store already holds, and runs on a live (or restarted) actor.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -151,4 +150,3 @@ class FeedbackPool:
 
     def shutdown(self) -> None:
         self.group.shutdown()
-        time.sleep(0.1)
