@@ -3,6 +3,7 @@ the durable store and costs. No Ray here: see test_label_pool.py for the actors.
 
 import asyncio
 import json
+import math
 
 import pytest
 
@@ -14,7 +15,7 @@ from rlaif_ray.feedback.parsing import ParseError, p_from_logprobs, parse_letter
 from rlaif_ray.feedback.ratelimit import RateLimiter
 from rlaif_ray.feedback.store import ShardWriter, record_of
 from rlaif_ray.feedback.types import Usage, Verdict
-from rlaif_ray.testing.fake_api import FakeAPI, p_first, score_of
+from rlaif_ray.testing.fake_api import FakeAPI, p_first, score_of, yes_probability
 
 KEY = "sk-ant-test-SECRET-4242"
 FN = "rlaif_ray.testing.judge_functions"
@@ -127,6 +128,72 @@ def test_both_order_soft_labels_equal_the_fake_probabilities(fake, tmp_path):
         assert set(row) >= {"prompt", "chosen", "rejected", "p_chosen", "verdict_ab", "verdict_ba", "judge",
                             "judge_config_hash", "input_tokens", "output_tokens", "cost_usd"}
     assert stats["first_position_rate"] > 0.5  # the bias shows up in the report
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log(1 - p)
+
+
+@pytest.mark.parametrize("kind, scale, temperature", [("openai", "yes_no", 1.0), ("anthropic", "ten", 2.0),
+                                                      ("function", "ten", 0.5)])
+def test_pointwise_labels_are_a_sigmoid_of_the_score_difference(fake, tmp_path, kind, scale, temperature):
+    """protocol=pointwise: each response scored alone (yes/no logprobs, a 1-10 score), one order per pair,
+    P(a > b) = sigmoid((s_a - s_b) / T); the protocol and both scores are on every label."""
+    fn = {"score_function": f"{FN}:fake_score"} if kind == "function" else {}
+    kw = dict(protocol="pointwise", scale=scale, pointwise_temperature=temperature, constrain="none", **fn)
+    cfg = JudgeConfig(kind=kind, model="fake-judge", **kw)
+    rows, stats = _label_all(_judge(fake, kind, **kw), tmp_path, cfg)
+    assert len(rows) == len(PAIRS) and stats["unlabeled"] == 0
+    assert stats["position_consistency"] is None and stats["first_position_rate"] is None  # no order shown
+    score = (lambda t: _logit(yes_probability(t))) if scale == "yes_no" else score_of
+    for pair, row in zip(PAIRS, rows, strict=True):
+        s_a, s_b = score(pair.response_a), score(pair.response_b)
+        assert (row["protocol"], row["scale"]) == ("pointwise", scale)
+        assert [row["score_a"], row["score_b"]] == pytest.approx([s_a, s_b], abs=1e-9)
+        assert row["p_a"] == pytest.approx(_sigmoid((s_a - s_b) / temperature), abs=1e-9)
+        assert "verdict_ba" not in row
+    if kind != "function":  # two requests per pair, each billed once
+        assert fake.stats()["billable"] == 2 * len(PAIRS) and fake.stats()["repaid"] == 0
+
+
+def test_pointwise_config_errors_and_store_hashes():
+    from rlaif_ray.config import ConfigError
+    from rlaif_ray.config.jobs import LabelJob
+    from rlaif_ray.config.schema import from_dict
+    from rlaif_ray.feedback.judges import config_hash
+
+    with pytest.raises(ConfigError, match=r"pool\.judge\.scale: yes_no .* Claude returns no logprobs"):
+        from_dict(LabelJob, {"input": "x.jsonl", "pool": {"judge": {"kind": "anthropic", "protocol": "pointwise",
+                                                                   "scale": "yes_no"}}})
+    with pytest.raises(ConfigError, match=r"pool\.judge\.score_function: protocol=pointwise"):
+        from_dict(LabelJob, {"input": "x.jsonl", "pool": {"judge": {"protocol": "pointwise"}}})
+    # A store labeled before protocol/scale existed keeps its key: its answers are not bought again.
+    assert config_hash(JudgeConfig()) == "c48b8a00f309"
+    assert config_hash(JudgeConfig(kind="local", model="smollm2", max_tokens=1)) == "f37e0673a656"
+    assert config_hash(JudgeConfig(protocol="pointwise")) != config_hash(JudgeConfig())
+    assert config_hash(JudgeConfig(protocol="pointwise", scale="yes_no")) != config_hash(JudgeConfig(protocol="pointwise"))
+
+
+def test_pointwise_batches_join_two_score_requests_into_one_label(fake, tmp_path):
+    from rlaif_ray.feedback.batch import run_batches
+
+    cfg = JudgeConfig(kind="anthropic-batch", model="fake-judge", base_url=fake.base_url, protocol="pointwise",
+                      batch_poll_s=0.05, batch_max_requests=5)  # a batch holds both requests of a pair
+    store = LabelStore(tmp_path)
+    summary = run_batches(cfg, FAST_RETRY, str(tmp_path), "h", store, tasks_for(PAIRS, cfg))
+    assert summary["ok"] == len(PAIRS) and summary["batches_submitted"] == 3
+    store.refresh()
+    rows, stats = consolidate(PAIRS, store, cfg, "h", "anthropic:fake-judge")
+    assert stats["unlabeled"] == 0
+    for pair, row in zip(PAIRS, rows, strict=True):
+        s_a, s_b = score_of(pair.response_a), score_of(pair.response_b)
+        assert [row["score_a"], row["score_b"]] == [s_a, s_b]
+        assert row["p_a"] == pytest.approx(_sigmoid(s_a - s_b), abs=1e-9)
+    assert fake.stats()["billable"] == 2 * len(PAIRS) and row["cost_usd"] > 0
 
 
 FAULTS = [

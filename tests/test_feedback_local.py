@@ -3,6 +3,7 @@ Its verdicts are random (an untrained model); what is checked is that the probab
 equal a plain transformers forward on the same tokens, renormalised over A and B."""
 
 import asyncio
+import math
 
 import pytest
 import torch
@@ -51,3 +52,36 @@ def test_local_judge_transformers_backend(tiny_model_dir):
 @pytest.mark.slow
 def test_local_judge_vllm_backend(tiny_model_dir):
     _check("vllm", tiny_model_dir)
+
+
+POINTWISE = [Task("w0", "How was your weekend?", "It was lovely, thank you so much for asking!",
+                  "None of your business. Go away."),
+             Task("w1", "Can you help me with my homework?", "I hate homework and I hate you.",
+                  "Of course, I would be glad to help you!")]
+
+
+@pytest.mark.slow
+def test_pointwise_yes_no_labels_equal_an_hf_forward():
+    """protocol=pointwise scale=yes_no on the local vLLM judge (SmolLM2, the demo's judge; its Yes and No are
+    single tokens): each score is logit(Yes) - logit(No) of a plain transformers forward on the same tokens,
+    and P(first > second) is the sigmoid of their difference."""
+    from transformers import AutoModelForCausalLM
+
+    from rlaif_ray.feedback import make_judge
+
+    judge = make_judge(JudgeConfig(kind="local", model="smollm2", protocol="pointwise", scale="yes_no",
+                                   rubric="friendly", local_max_model_len=1024))
+    verdicts = asyncio.run(judge.judge_many(POINTWISE))
+    inner = judge.inner
+    model = AutoModelForCausalLM.from_pretrained(inner.model_path(), dtype=torch.float32).eval()
+    yes, no = inner.engine.candidate_ids(["Yes", "No"])
+    for task, v in zip(POINTWISE, verdicts, strict=True):
+        want = []
+        for response in (task.first, task.second):
+            ids = inner.engine.prepare([inner.score_messages(task.prompt, response)], 1)[0][0]
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0, -1].float()
+            want.append((logits[yes] - logits[no]).item())
+        assert v.ok and v.scores == pytest.approx(want, abs=1e-3)
+        assert v.p_first == pytest.approx(1 / (1 + math.exp(want[1] - want[0])), abs=1e-3)
+    asyncio.run(judge.close())

@@ -71,8 +71,18 @@ class JudgeConfig:
     local_max_model_len: int = field_(2048, "context length of the kind=local engine", ge=64)
     local_batch_size: int = field_(32, "judge prompts per kind=local engine call", ge=1)
     rubric: str = field_("helpful_harmless", "rubric name from rlaif_ray/feedback/rubrics or a path to a text file")
+    protocol: Literal["pairwise", "pointwise"] = field_(
+        "pairwise", "pairwise: one call shows both responses and asks which is better; pointwise: each response "
+        "is scored alone under the rubric and P(a > b) = sigmoid((s_a - s_b) / pointwise_temperature) (a small "
+        "judge that always picks the first-shown answer can still rank texts one at a time)")
+    scale: Literal["ten", "yes_no"] = field_(
+        "ten", "pointwise score: 'ten' = a 1-10 rating (the expectation over the digit logprobs where the "
+        "backend gives them, the parsed number otherwise); 'yes_no' = does the response meet the rubric, "
+        "s = logp(Yes) - logp(No) (needs logprobs: kind=local or openai)")
+    pointwise_temperature: float = field_(1.0, "T of protocol=pointwise: P(a > b) = sigmoid((s_a - s_b) / T)", gt=0)
     cot: bool = field_(False, "ask for a rationale before the verdict")
-    both_orders: bool = field_(True, "judge (a,b) and (b,a) and average to cancel position bias")
+    both_orders: bool = field_(True, "judge (a,b) and (b,a) and average to cancel position bias (pairwise; a "
+                               "pointwise label shows no order, so one call per response)")
     samples: int = field_(1, "samples per order (soft labels from votes when no logprobs)", ge=1)
     temperature: float = field_(0.0, "sampling temperature of the judge", ge=0)
     max_tokens: int = field_(16, "max output tokens per verdict (raised automatically for CoT)", ge=1)
@@ -87,6 +97,36 @@ class JudgeConfig:
         "'auto': probe once per actor, most specific first, and use what the server obeys")
     batch_poll_s: float = field_(10.0, "poll interval of the Message Batches API", gt=0)
     batch_max_requests: int = field_(100_000, "max requests per Message Batch (API limit)", ge=1, le=100_000)
+
+    def validate(self) -> None:
+        if self.scale == "yes_no" and self.kind in ("anthropic", "anthropic-batch"):
+            raise ConfigError("scale: yes_no reads logp(Yes) - logp(No) and Claude returns no logprobs; "
+                              "use scale=ten (a parsed 1-10 score)")
+        if self.protocol == "pointwise" and self.kind == "function" and not self.score_function:
+            raise ConfigError("score_function: protocol=pointwise with kind=function needs "
+                              "module:function(prompt, response) -> score in [1, 10]")
+
+
+@dataclass
+class GoldConfig:
+    """A ground truth that is not the judge, to measure how far the AI labels agree with it."""
+
+    score_function: str | None = field_(
+        None, "module:function(prompt, response) -> float, higher is better: a gold scorer (e.g. "
+        "rlaif_ray.eval.gold:vader_sentiment, VADER's compound sentiment in [-1, 1])")
+    function: str | None = field_(None, "module:function(prompt, a, b) -> P(a > b): a pairwise gold")
+    file: str | None = field_(None, "gold preferences (prompt, chosen, rejected; e.g. label-human's output), "
+                              "joined to the pairs by their content")
+    margin: float = field_(0.1, "score_function: pairs whose gold scores differ by at most this are gold ties "
+                           "and left out of the agreement", ge=0)
+
+    def validate(self) -> None:
+        if sum(x is not None for x in (self.score_function, self.function, self.file)) > 1:
+            raise ConfigError("score_function: set one of score_function, function and file")
+
+    @property
+    def enabled(self) -> bool:
+        return any(x is not None for x in (self.score_function, self.function, self.file))
 
 
 @dataclass

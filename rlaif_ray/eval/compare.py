@@ -36,7 +36,7 @@ def build_pairs(cfg: EvalJob, prompts, answers: dict[str, list[str | None]]):
 
 def judge(cfg: EvalJob, pairs, run_dir: Path) -> tuple[list, dict]:
     """Run the judge calls not yet stored; return Comparisons and the labeling summary."""
-    from ..feedback.labels import cost_of
+    from ..feedback.labels import cost_of, orders
     from ..feedback.run import Pending
     from .stats import Comparison
 
@@ -54,10 +54,20 @@ def judge(cfg: EvalJob, pairs, run_dir: Path) -> tuple[list, dict]:
 
     comparisons = []
     for pr, prompt_id, x, y, x_is_a in pairs:
-        ab, ba = p_first(pr.id, "ab"), (p_first(pr.id, "ba") if jcfg.both_orders else None)
+        ab, ba = p_first(pr.id, "ab"), (p_first(pr.id, "ba") if "ba" in orders(jcfg) else None)
         comparisons.append(Comparison(prompt_id, x, y, ab if x_is_a else ba, ba if x_is_a else ab))
     records = [store.get(pr.id, chash, t, k) for pr in unique for t in ("ab", "ba") for k in range(jcfg.samples)]
     records = [r for r in records if r is not None]
     return comparisons, {"judge": pending.judge_id, "judge_config_hash": chash, "calls": len(pending.tasks),
                          "calls_run": len(pending.todo), "failed": sum(r["status"] != "ok" for r in records),
                          "cost": cost_of(records), "pool": summary}
+
+
+def gold_comparisons(cfg: EvalJob, pairs) -> list:
+    """The same comparisons decided by `cfg.gold`: P_gold(x > y), 0.5 for a gold tie, None where it has none."""
+    from .gold import gold_preferences
+    from .stats import Comparison
+
+    p_a = gold_preferences(cfg.gold, [pr for pr, *_ in pairs])
+    return [Comparison(prompt_id, x, y, None if p is None else p if x_is_a else 1.0 - p, None)
+            for (_, prompt_id, x, y, x_is_a), p in zip(pairs, p_a, strict=True)]

@@ -86,7 +86,7 @@ class FeedbackActor:
                     return
                 await store(task, await self.judge.judge(task))
 
-        if hasattr(self.judge, "engine"):  # local engine: batch the shard through one engine call
+        if self.judge.batched:  # local engine: the shard through one engine call
             if self.stopping:
                 summary["skipped"] += len(tasks)
             else:
@@ -103,7 +103,8 @@ class FeedbackActor:
         return [v.to_dict() for v in await self._bounded(self.judge.judge_many, tasks)]
 
     async def score(self, items: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
-        """Pointwise scores (judge-as-reward): dicts with score (1-10 or None), normalized, error, cost."""
+        """Pointwise scores (judge-as-reward): dicts with score (1-10, logp(Yes) - logp(No), or None),
+        normalized ([0, 1]), error, cost."""
         await self._ready()
         results = await self._bounded(self.judge.score_many, items)
         return [{"score": r.score, "normalized": r.normalized, "error": r.error, "raw": r.raw,
@@ -111,7 +112,7 @@ class FeedbackActor:
 
     async def _bounded(self, many, items: list) -> list:
         """`many` over items in windows of max_in_flight (API judges) or at once (local engine)."""
-        if hasattr(self.judge, "engine"):
+        if self.judge.batched:
             return await many(items)
         out: list = []
         step = self.cfg.max_in_flight

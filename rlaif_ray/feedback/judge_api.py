@@ -22,6 +22,7 @@ from .parsing import (
     parse_score,
     rationale_of,
     score_from_logprobs,
+    yes_no_from_logprobs,
 )
 from .prompts import pair_system, pair_user, score_system, score_user
 from .ratelimit import RateLimiter
@@ -30,7 +31,7 @@ from .rubrics import load_rubric
 from .types import ScoreResult, Task, Usage, Verdict
 
 COT_MIN_TOKENS = 512
-VERDICTS, SCORES = ("A", "B"), tuple(str(i) for i in range(1, 11))  # the answers a judge may give
+VERDICTS, SCORES, YES_NO = ("A", "B"), tuple(str(i) for i in range(1, 11)), ("Yes", "No")  # answers a judge may give
 
 
 def _estimate_tokens(*texts: str) -> int:
@@ -85,13 +86,14 @@ class _APIJudge(Judge):
         return v
 
     async def score(self, prompt: Any, response_text: Any) -> ScoreResult:
-        system, user = score_system(self.rubric, self.cfg.cot), score_user(prompt, response_text)
+        scale = self.cfg.scale
+        system, user = score_system(self.rubric, self.cfg.cot, scale), score_user(prompt, response_text, scale)
         try:
-            response, _ = await self._request(system, user, SCORES)
+            response, _ = await self._request(system, user, YES_NO if scale == "yes_no" else SCORES)
         except GaveUp as e:
-            return ScoreResult(None, error=str(e))
+            return ScoreResult(None, error=str(e), scale=scale)
         usage, text = self._usage(response), self._text(response)
-        r = ScoreResult(None, raw=text, rationale=rationale_of(text), usage=usage,
+        r = ScoreResult(None, raw=text, rationale=rationale_of(text), usage=usage, scale=scale,
                         cost_usd=cost_usd(usage, prices_of(self.cfg)), answer_format=self.answer_format)
         try:
             r.score = self._score(response, text)
@@ -222,6 +224,7 @@ class OpenAIJudge(_APIJudge):
         """top_logprobs of the answer position: the first generated token (after `label:` with CoT; the
         value inside the JSON object with json_schema), else the last position that sampled an answer.
         A position counts only when some answer is among its top tokens."""
+        answers = tuple(a.upper() for a in answers)  # answer_token upper-cases
         lp = response.choices[0].logprobs
         if lp is None or not lp.content:
             return None
@@ -251,6 +254,11 @@ class OpenAIJudge(_APIJudge):
         return p_from_logprobs(top)
 
     def _score(self, response, text: str) -> float:
+        if self.cfg.scale == "yes_no":
+            top = self._top(response, YES_NO, "answer")
+            if top is None:
+                raise ParseError(f"scale=yes_no needs logprobs of Yes/No; the server gave none (answer {text[:80]!r})")
+            return yes_no_from_logprobs(top)
         top = self._top(response, SCORES, "score")
         if top is None:
             return parse_score(_answer_of(text, self.answer_format))

@@ -1,6 +1,7 @@
 """Local judge inside a pool actor: a vLLM engine (transformers fallback) reads the next-token
 probabilities of "A"/"B" after the judge prompt (no HTTP, no sampling): P(first) = p(A) / (p(A) + p(B)).
-Pointwise scores are the expected value over the digit tokens 1-9."""
+Pointwise scores are the expected value over the digit tokens 1-9 (scale "ten") or logp(Yes) - logp(No)
+(scale "yes_no")."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from .rubrics import load_rubric
 from .types import ScoreResult, Task, Verdict
 
 DIGITS = [str(d) for d in range(1, 10)]
+YES_NO = ["Yes", "No"]
 
 
 class LocalJudge(Judge):
     """Engine built lazily on first use (start-up takes seconds); calls batched per `local_batch_size`."""
+
+    batched = True
 
     def __init__(self, cfg: JudgeConfig):
         super().__init__(cfg)
@@ -56,8 +60,8 @@ class LocalJudge(Judge):
                 {"role": "user", "content": pair_user(task.prompt, task.first, task.second)}]
 
     def score_messages(self, prompt: Any, response: Any) -> list[dict[str, str]]:
-        return [{"role": "system", "content": score_system(self.rubric, False)},
-                {"role": "user", "content": score_user(prompt, response)}]
+        return [{"role": "system", "content": score_system(self.rubric, False, self.cfg.scale)},
+                {"role": "user", "content": score_user(prompt, response, self.cfg.scale)}]
 
     async def _on_engine_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -87,12 +91,17 @@ class LocalJudge(Judge):
         return (await self.judge_many([task]))[0]
 
     async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
+        scale = self.cfg.scale
         try:
-            lps = await self._logprobs([self.score_messages(p, r) for p, r in items], DIGITS)
+            lps = await self._logprobs([self.score_messages(p, r) for p, r in items],
+                                       YES_NO if scale == "yes_no" else DIGITS)
         except Exception as e:  # noqa: BLE001
-            return [ScoreResult(None, error=describe(e)) for _ in items]
+            return [ScoreResult(None, error=describe(e), scale=scale) for _ in items]
         results = []
         for lp in lps:
+            if scale == "yes_no":
+                results.append(ScoreResult(lp["Yes"] - lp["No"], raw=str(lp), scale=scale))
+                continue
             w = {int(d): math.exp(v) for d, v in lp.items()}
             results.append(ScoreResult(sum(d * p for d, p in w.items()) / sum(w.values()), raw=str(lp)))
         return results

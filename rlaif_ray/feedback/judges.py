@@ -1,5 +1,7 @@
 """The judge interface and its factory. Every judge answers a pairwise `Task` with a `Verdict`
-(P(first shown is better)) and a pointwise (prompt, response) with a `ScoreResult` (1-10).
+(P(first shown is better)) and a pointwise (prompt, response) with a `ScoreResult` (1-10, or
+logp(Yes) - logp(No)). With `protocol=pointwise` the factory wraps the judge in `PointwiseJudge`, whose
+verdicts come from scoring each response alone.
 
     judge = make_judge(judge_cfg, retry_cfg, limiter)   # inside an event loop
     verdict = await judge.judge(Task(pair_id, prompt, first, second, order="ab"))
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -22,13 +25,17 @@ from .types import ScoreResult, Task, Verdict
 
 # Fields that change what a judge answers; the rest (prices, poll intervals, batching) do not.
 _ANSWER_FIELDS = ("model", "function", "score_function", "rubric", "cot", "temperature", "max_tokens")
+# Answer fields added later: hashed only when set away from their default, so a store labeled before they
+# existed keeps its hash (its answers are not bought again).
+_LATER_ANSWER_FIELDS = {"protocol": "pairwise", "scale": "ten", "pointwise_temperature": 1.0}
 
 
 def config_hash(cfg: JudgeConfig) -> str:
     """Stable id of the judge's answering behaviour (store key): Messages and Batches share it."""
     from .rubrics import load_rubric
 
-    fields = {k: v for k, v in asdict(cfg).items() if k in _ANSWER_FIELDS}
+    fields = {k: v for k, v in asdict(cfg).items()
+              if k in _ANSWER_FIELDS or (k in _LATER_ANSWER_FIELDS and v != _LATER_ANSWER_FIELDS[k])}
     fields["kind"] = "anthropic" if cfg.kind == "anthropic-batch" else cfg.kind
     fields["rubric"] = load_rubric(cfg.rubric)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -41,7 +48,10 @@ def judge_id(cfg: JudgeConfig) -> str:
 
 
 class Judge:
-    """Base: one call at a time per task; subclasses implement `judge` and `score`."""
+    """Base: one call at a time per task; subclasses implement `judge` and `score`. A `batched` judge
+    (a local engine) wants a whole shard in one `judge_many` call."""
+
+    batched = False
 
     def __init__(self, cfg: JudgeConfig):
         self.cfg = cfg
@@ -63,10 +73,63 @@ class Judge:
         return None
 
 
+class PointwiseJudge(Judge):
+    """protocol=pointwise: both responses of a task are scored alone under the rubric by `inner`, and
+    P(first > second) = sigmoid((s_first - s_second) / T). No response is shown beside another, so position
+    bias cannot enter; a (prompt, response) met twice in one call is scored once."""
+
+    def __init__(self, inner: Judge):
+        super().__init__(inner.cfg)
+        self.inner, self.batched = inner, inner.batched
+
+    async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
+        from ..data import text_of
+
+        keys = [(text_of(t.prompt), text_of(r)) for t in tasks for r in (t.first, t.second)]
+        unique = list(dict.fromkeys(keys))
+        scored = dict(zip(unique, await self.inner.score_many(unique), strict=True))
+        return [verdict_of_scores(scored[keys[2 * i]], scored[keys[2 * i + 1]], self.cfg.pointwise_temperature)
+                for i in range(len(tasks))]
+
+    async def judge(self, task: Task) -> Verdict:
+        return (await self.judge_many([task]))[0]
+
+    async def score(self, prompt: Any, response: Any) -> ScoreResult:
+        return await self.inner.score(prompt, response)
+
+    async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
+        return await self.inner.score_many(items)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def verdict_of_scores(first: ScoreResult, second: ScoreResult, temperature: float) -> Verdict:
+    """One pairwise verdict from two pointwise scores (their usage and cost added; failed if either is)."""
+    from .types import Usage
+
+    usage = Usage()
+    usage.add(first.usage)
+    usage.add(second.usage)
+    rationale = "\n---\n".join(r.rationale for r in (first, second) if r.rationale) or None
+    v = Verdict(None, raw=f"{first.raw}\n---\n{second.raw}", rationale=rationale, usage=usage,
+                cost_usd=first.cost_usd + second.cost_usd, answer_format=first.answer_format,
+                error=first.error or second.error, scores=[first.score, second.score])
+    if v.error is None and first.score is not None and second.score is not None:
+        v.p_first = 1.0 / (1.0 + math.exp(-(first.score - second.score) / temperature))
+    elif v.error is None:
+        v.error = "no score"
+    return v
+
+
 def make_judge(cfg: JudgeConfig, retry: RetryConfig | None = None, limiter: RateLimiter | None = None) -> Judge:
-    """The judge `cfg.kind` names (anthropic-batch judges single calls through the Messages API; the
-    batch path lives in `batch.py`)."""
-    retry = retry or RetryConfig()
+    """The judge `cfg.kind` names, wrapped in `PointwiseJudge` for protocol=pointwise (anthropic-batch
+    judges single calls through the Messages API; the batch path lives in `batch.py`)."""
+    judge = _make_base(cfg, retry or RetryConfig(), limiter)
+    return PointwiseJudge(judge) if cfg.protocol == "pointwise" else judge
+
+
+def _make_base(cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None) -> Judge:
     if cfg.kind in ("anthropic", "anthropic-batch"):
         from .judge_api import AnthropicJudge
 

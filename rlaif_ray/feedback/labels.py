@@ -3,6 +3,7 @@
 Position bias: each pair is judged as (a, b) and as (b, a); P(a > b) averages P(first) of the first order
 with 1 - P(first) of the swapped one, over every sample. Position consistency = share of pairs whose two
 orders pick the same response; first-position rate = share of verdicts that pick the first-shown one.
+A pointwise label (each response scored alone) shows no order: one order, and no position statistics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ ORDERS_BOTH = ("ab", "ba")
 
 
 def orders(cfg: JudgeConfig) -> tuple[str, ...]:
-    return ORDERS_BOTH if cfg.both_orders else ("ab",)
+    return ORDERS_BOTH if cfg.both_orders and cfg.protocol == "pairwise" else ("ab",)
 
 
 def tasks_for(pairs: list[PairRecord], cfg: JudgeConfig) -> list[Task]:
@@ -58,7 +59,8 @@ def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, co
                        for r in flat if r is not None and r["status"] != "ok"]
             continue
         p_a = mean(p_a_of(r["order"], r["p_first"]) for r in flat)
-        first_picks += [1.0 if r["p_first"] > 0.5 else 0.0 if r["p_first"] < 0.5 else 0.5 for r in flat]
+        if cfg.protocol == "pairwise":
+            first_picks += [1.0 if r["p_first"] > 0.5 else 0.0 if r["p_first"] < 0.5 else 0.5 for r in flat]
         by_order = {o: mean(p_a_of(o, r["p_first"]) for r in rs) for o, rs in recs.items()}
         is_consistent = None
         if len(by_order) == 2:
@@ -69,7 +71,11 @@ def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, co
                                       p.response_b if a_wins else p.response_a, id=p.id,
                                       p_chosen=p_a if a_wins else 1.0 - p_a))
         extra: dict[str, Any] = {"p_a": p_a, "chosen_is": "a" if a_wins else "b", "judge": judge,
-                                 "judge_config_hash": config_hash, "position_consistent": is_consistent}
+                                 "judge_config_hash": config_hash, "position_consistent": is_consistent,
+                                 "protocol": cfg.protocol}
+        if cfg.protocol == "pointwise":  # the ab order's scores: first = a
+            extra.update(scale=cfg.scale, score_a=mean(r["scores"][0] for r in flat),
+                         score_b=mean(r["scores"][1] for r in flat))
         for o, rs in recs.items():
             extra[f"p_a_{o}"] = by_order[o]
             extra[f"verdict_{o}"] = [r["raw"] for r in rs]

@@ -88,3 +88,17 @@ def score_from_logprobs(top: dict[str, float]) -> float:
     if total <= 0:
         raise ParseError(f"no score token among the top logprobs {sorted(top)[:10]}")
     return sum(v * w for v, w in mass.items()) / total
+
+
+def yes_no_from_logprobs(top: dict[str, float]) -> float:
+    """logp(Yes) - logp(No) at the answer position ('yes', ' Yes' count as Yes). When one answer is not among
+    the top tokens its logprob is at most the smallest listed one, which is used: a bound, not a guess of 0."""
+    mass = {"YES": 0.0, "NO": 0.0}
+    for token, lp in top.items():
+        t = answer_token(token)
+        if t in mass:
+            mass[t] += math.exp(lp)
+    if mass["YES"] <= 0 and mass["NO"] <= 0:
+        raise ParseError(f"neither Yes nor No among the top logprobs {sorted(top)[:10]}")
+    floor = min(top.values())
+    return (math.log(mass["YES"]) if mass["YES"] > 0 else floor) - (math.log(mass["NO"]) if mass["NO"] > 0 else floor)

@@ -20,7 +20,7 @@ from typing import Any
 from ..actor_group import ActorGroup
 from ..config import FeedbackPoolConfig, RayConfig
 from .actor import FeedbackActor, Secrets
-from .labels import p_a_of
+from .labels import orders, p_a_of
 from .store import LabelStore
 from .types import Task
 
@@ -128,7 +128,7 @@ class FeedbackPool:
     def compare(self, items: list[tuple[Any, Any, Any]]) -> list[float | None]:
         """Both-order P(a > b) per (prompt, a, b), or None when either order failed. Not stored."""
         tasks = [Task(str(i), p, a, b, "ab") for i, (p, a, b) in enumerate(items)]
-        if self.cfg.judge.both_orders:
+        if "ba" in orders(self.cfg.judge):
             tasks += [Task(str(i), p, b, a, "ba") for i, (p, a, b) in enumerate(items)]
         verdicts = self._spread("judge_tasks", tasks)
         per: dict[str, list[float | None]] = {}

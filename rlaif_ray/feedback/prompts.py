@@ -21,12 +21,20 @@ SCORE_ANSWER = "\nAnswer with a single integer from 1 to 10 and nothing else."
 SCORE_ANSWER_COT = ("\nFirst explain your reasoning briefly inside <rationale></rationale> tags. Then, on the "
                     "last line, write 'Score: N' with N an integer from 1 to 10.")
 
+YES_NO_INSTRUCTIONS = ("\n\nYou will see a conversation prompt and one candidate <response>. Decide whether the "
+                       "response meets the criteria above.")
+YES_NO_ANSWER = "\nAnswer with a single word, Yes or No, and nothing else."
+YES_NO_ANSWER_COT = ("\nFirst explain your reasoning briefly inside <rationale></rationale> tags. Then, on the "
+                     "last line, write 'Answer: Yes' or 'Answer: No'.")
+
 
 def pair_system(rubric: str, cot: bool) -> str:
     return rubric + PAIR_INSTRUCTIONS + (PAIR_ANSWER_COT if cot else PAIR_ANSWER)
 
 
-def score_system(rubric: str, cot: bool) -> str:
+def score_system(rubric: str, cot: bool, scale: str = "ten") -> str:
+    if scale == "yes_no":
+        return rubric + YES_NO_INSTRUCTIONS + (YES_NO_ANSWER_COT if cot else YES_NO_ANSWER)
     return rubric + SCORE_INSTRUCTIONS + (SCORE_ANSWER_COT if cot else SCORE_ANSWER)
 
 
@@ -35,5 +43,6 @@ def pair_user(prompt: Any, first: Any, second: Any) -> str:
             f"<response_B>\n{text_of(second)}\n</response_B>\n\nWhich response is better?")
 
 
-def score_user(prompt: Any, response: Any) -> str:
-    return f"<prompt>\n{text_of(prompt)}\n</prompt>\n\n<response>\n{text_of(response)}\n</response>\n\nScore:"
+def score_user(prompt: Any, response: Any, scale: str = "ten") -> str:
+    ask = "Does the response meet the criteria? Answer Yes or No." if scale == "yes_no" else "Score:"
+    return f"<prompt>\n{text_of(prompt)}\n</prompt>\n\n<response>\n{text_of(response)}\n</response>\n\n{ask}"

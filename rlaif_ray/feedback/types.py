@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,10 +51,12 @@ class JudgeOutput:
 
 @dataclass
 class Verdict(JudgeOutput):
-    """The judge's answer for one Task. `p_first` = P(first-shown response is better), None on failure."""
+    """The judge's answer for one Task. `p_first` = P(first-shown response is better), None on failure.
+    `scores`: protocol=pointwise's scores of the first and the second response, each judged alone."""
 
     p_first: float | None
     attempts: int = 1
+    scores: list[float | None] | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,11 +68,15 @@ class Verdict(JudgeOutput):
 
 @dataclass
 class ScoreResult(JudgeOutput):
-    """Pointwise judge answer: `score` in [1, 10] (expected value when logprobs exist), None on failure."""
+    """Pointwise judge answer, None on failure: on scale "ten" a score in [1, 10] (the expected value when
+    logprobs exist), on scale "yes_no" logp(Yes) - logp(No) at the answer position."""
 
     score: float | None
+    scale: str = "ten"
 
     @property
     def normalized(self) -> float | None:
-        """Score mapped to [0, 1] ((s - 1) / 9); None for a failed call."""
-        return None if self.score is None else (self.score - 1.0) / 9.0
+        """Score mapped to [0, 1]: (s - 1) / 9, or P(Yes) = sigmoid(s); None for a failed call."""
+        if self.score is None:
+            return None
+        return 1.0 / (1.0 + math.exp(-self.score)) if self.scale == "yes_no" else (self.score - 1.0) / 9.0

@@ -5,7 +5,8 @@ It is the only stand-in the tests use. It judges deterministically from content:
 quality `q(text)` in [0, 1) (a hash), and the first-shown response wins with probability
 `p_first(first, second) = sigmoid(6 (q1 - q2) + position_bias)`. Anthropic answers the argmax letter
 (a sampled letter at temperature > 0); OpenAI answers with `top_logprobs` whose renormalised A/B mass is
-exactly `p_first`. Pointwise prompts (`<response>...</response>`) get `score(text) = 1 + round(9 q)`.
+exactly `p_first`. Pointwise prompts (`<response>...</response>`) get `score(text) = 1 + round(9 q)`, or,
+when they ask for Yes or No, P(Yes) = `yes_probability(text)` (OpenAI: as top_logprobs; Anthropic: the argmax).
 
 It counts billable requests (well-formed successes) per request body, so a re-paid request shows up as
 `repaid`, and injects faults on the first `times` attempts of a `fraction` of request bodies (or of the
@@ -50,6 +51,11 @@ def p_first(first: str, second: str, position_bias: float = 0.0) -> float:
 def score_of(text: str) -> int:
     """Pointwise 1-10 score under the fake judge."""
     return 1 + round(9 * quality(text))
+
+
+def yes_probability(text: str) -> float:
+    """P(Yes) of a yes/no pointwise question under the fake judge, in [0.02, 0.98)."""
+    return 0.02 + 0.96 * quality(text)
 
 
 def _tokens(text: str) -> int:
@@ -163,6 +169,8 @@ class FakeAPI:
         """What the fake judge sees in a prompt: kind, p_first or score, cot."""
         cot = "<rationale>" in text
         single = _tag(text, "response")
+        if single is not None and "Yes or No" in text:
+            return {"kind": "yes_no", "p": yes_probability(single), "cot": cot}
         if single is not None:
             return {"kind": "score", "score": score_of(single), "cot": cot}
         a, b = _tag(text, "response_A"), _tag(text, "response_B")
@@ -182,8 +190,8 @@ class FakeAPI:
         else:
             u = sample_u if sample_u is not None else self.rng.random()
             first = seen["p"] >= 0.5 if not params.get("temperature") else u < seen["p"]
-            answer = "A" if first else "B"
-        label = "Score" if seen["kind"] == "score" else "Verdict"
+            answer = ("Yes" if first else "No") if seen["kind"] == "yes_no" else "A" if first else "B"
+        label = {"score": "Score", "yes_no": "Answer"}.get(seen["kind"], "Verdict")
         text = (f"<rationale>The fake judge compared the responses.</rationale>\n{label}: {answer}"
                 if seen["cot"] else answer)
         cached = isinstance(system, list) and any("cache_control" in b for b in system)
@@ -207,6 +215,9 @@ class FakeAPI:
             dist = {str(v): w for v, w in ((s, 0.6), (s - 1, 0.2), (s + 1, 0.2)) if 1 <= v <= 10}
             norm = sum(dist.values())
             top = [(t, math.log(0.95 * w / norm)) for t, w in dist.items()] + [("The", math.log(0.05))]
+        elif seen["kind"] == "yes_no":
+            p = seen["p"]
+            top = [("Yes", math.log(0.95 * p)), ("No", math.log(0.95 * (1 - p))), ("The", math.log(0.05))]
         else:
             p = seen["p"]
             top = [("A", math.log(0.9 * p)), ("B", math.log(0.9 * (1 - p))), ("Tie", math.log(0.1))]
@@ -214,7 +225,7 @@ class FakeAPI:
         n_top = min(int(params.get("top_logprobs") or 0), 20)
         verdict_tok = {"token": top[0][0], "logprob": top[0][1], "bytes": list(top[0][0].encode()),
                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top[:n_top]]}
-        label = "Score" if seen["kind"] == "score" else "Verdict"
+        label = {"score": "Score", "yes_no": "Answer"}.get(seen["kind"], "Verdict")
         prefix = ["<rationale>", "fake", "</rationale>", "\n", label, ":", " "] if seen["cot"] else []
         content = [{"token": t, "logprob": 0.0, "bytes": list(t.encode()),
                     "top_logprobs": [{"token": t, "logprob": 0.0, "bytes": list(t.encode())}]} for t in prefix]
