@@ -10,7 +10,8 @@ from rlaif_ray import cli
 
 TINY = [
     "policy.path=tiny", "policy.dtype=fp32", "policy.lora.enabled=true",
-    "judge.model=tiny", "pair_prompts=16", "eval_prompts=8", "sampling.max_new_tokens=12",
+    "judge.model=tiny", "judge.scale=ten",  # the tiny BPE splits Yes and No into two tokens each
+    "pair_prompts=16", "eval_prompts=8", "sampling.max_new_tokens=12",
     "rollout.in_process=true", "rollout.max_model_len=256",
     "rm_learner.micro_batch_size=2", "rm_learner.dtype=fp32", "rm_epochs=1",
     "learner.micro_batch_size=2", "learner.dtype=fp32",
@@ -41,7 +42,13 @@ def test_demo_pipeline_on_tiny_model(ray_session, tmp_path, capsys):
     for r in rows.values():
         assert 0.0 <= r["ci_low"] <= r["win_rate"] <= r["ci_high"] <= 1.0 and r["n"] == 8
     assert (run_dir / "6-eval" / "plots" / "win_rates.png").stat().st_size > 1000
-    assert "policy vs start" in out and "time per stage" in out
+    assert "time per stage" in out and "judge-gold agreement on the demo's pairs" in out
+    assert "ppo win rate over start, by the gold" in out and "dpo win rate over start, by the judge" in out
+    label = json.loads((run_dir / "2-label" / "summary.json").read_text())
+    assert label["gold"]["n_pairs"] == len(pairs) and all(p["protocol"] == "pointwise" for p in prefs)
+    assert {p["system_b"] for p in pairs} <= {"Reply in a warm, kind and cheerful way.",
+                                              "Reply in a cold, curt and grumpy way."}
+    assert (run_dir / "6-eval" / "plots" / "gold_vs_kl.png").stat().st_size > 1000
     assert (run_dir / "summary.txt").read_text().strip() in out
 
     # A second run finds every stage done: nothing is regenerated, labeled or trained again.

@@ -26,7 +26,8 @@ def test_eval_job_end_to_end(ray_session, tiny_model_dir, tmp_path, capsys):
         "kl_reference=base", f"reward_model={tiny_model_dir}", "bootstrap=200", "examples=2",
         "rollout.in_process=true", "rollout.max_model_len=256", "sampling.max_new_tokens=16",
         "pool.num_actors=1", "pool.judge.kind=function",
-        "pool.judge.function=rlaif_ray.eval.rule_judge:prefer_helpful"])
+        "pool.judge.function=rlaif_ray.eval.rule_judge:prefer_helpful",
+        "gold.score_function=rlaif_ray.eval.gold:vader_sentiment"])
     assert eval_job.run(cfg, None) == 0
     out = capsys.readouterr().out
     assert f"in {tmp_path}" in out.splitlines()[-1] and "Win rates" in out
@@ -47,6 +48,16 @@ def test_eval_job_end_to_end(ray_session, tiny_model_dir, tmp_path, capsys):
     assert res["similarity"]["base"]["n"] == N and -1 <= res["similarity"]["base"]["mean"] <= 1
     # the RM (a tiny backbone with an untrained score head) scores identical answers identically
     assert res["reward"]["copy"]["n"] == N and res["reward"]["copy"]["mean"] == pytest.approx(res["reward"]["base"]["mean"])
+
+    # the gold (VADER) decides the same comparisons: identical answers tie, every score is in [-1, 1]
+    gold = {(r["x"], r["y"]): r for r in res["gold"]["win_rates"]}
+    assert (gold[("base", "copy")]["ties"], gold[("base", "copy")]["win_rate"]) == (N, 0.5)
+    assert res["gold"]["score"]["copy"]["mean"] == pytest.approx(res["gold"]["score"]["base"]["mean"])
+    assert all(-1 <= s["mean"] <= 1 and s["n"] == N for s in res["gold"]["score"].values())
+    agree = res["gold"]["judge_agreement"]
+    assert agree["n_pairs"] == 3 * N and agree["gold_missing_or_tie"] >= N  # base vs copy: all gold ties
+    with Image.open(tmp_path / "plots" / "gold_vs_kl.png") as im:  # the over-optimisation curve
+        assert im.size[0] > 200
 
     comparisons = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
     assert len(comparisons) == 3 * N and {c["outcome"] for c in comparisons} <= {0.0, 0.5, 1.0}

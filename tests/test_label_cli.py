@@ -110,10 +110,13 @@ def test_batches_driver_killed_while_polling_resumes_without_resubmitting(tmp_pa
     proc.wait(30)
     assert fake.stats()["billable"] == 0 and len(fake.batches) == 2  # 80 calls in chunks of <= 50
 
-    assert _label(tmp_path, fake, *opts).wait(120) == 0
+    gold = "gold.function=rlaif_ray.testing.judge_functions:fake_preference"  # the fake's own probabilities
+    assert _label(tmp_path, fake, *opts, gold).wait(120) == 0
     stats = fake.stats()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["labeled"] == n and summary["pool"]["batches_resumed"] == 2
+    # Claude's argmax letters, averaged over both orders, always land on the gold's side of 0.5
+    assert summary["gold"]["n"] == n and summary["gold"]["agreement"] == 1.0 and summary["gold"]["kappa"] == 1.0
     assert stats["batch_duplicates"] == 0 and stats["repaid"] == 0 and stats["billable"] == 2 * n
     assert len(fake.batches) == 3  # one more batch, holding only the errored items
     assert summary["cost_run"]["cost_usd"] > 0

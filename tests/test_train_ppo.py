@@ -23,7 +23,8 @@ STEPS = 6
 
 def _cfg(run_dir: Path, **overrides) -> TrainPPOJob:
     args = [f"run_dir={run_dir}", f"prompts={ROOT / 'configs/train_ppo_toy.prompts.jsonl'}",
-            f"ppo.steps={STEPS}", "checkpoint_every=3", *[f"{k}={v}" for k, v in overrides.items()]]
+            f"ppo.steps={STEPS}", "checkpoint_every=3", "gold.score_function=rlaif_ray.rewards_toy:letter_fraction",
+            *[f"{k}={v}" for k, v in overrides.items()]]
     return load(TrainPPOJob, str(ROOT / "configs/train_ppo_toy.yaml"), args)
 
 
@@ -41,6 +42,8 @@ def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, 
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.05, rewards
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before any update
     assert all(r["sync_verified"] for r in rows)
+    # the gold here is the reward function itself: its mean over the same samples is the reward mean
+    assert all(r["gold_score_mean"] == pytest.approx(r["reward_mean"], abs=1e-5) for r in rows)
     assert all(r["rollout_logprob_diff"] < 1e-3 for r in rows)  # engine sampled from the learner's weights
     for key in ("pg_loss", "vf_loss", "entropy", "clip_frac", "value_error", "grad_norm", "reward_std",
                 "time_generate", "time_score", "time_train", "time_sync", "driver_overhead_fraction"):

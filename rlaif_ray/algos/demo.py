@@ -1,13 +1,16 @@
 """`rlaif-ray demo`: the offline RLAIF quickstart, every stage a real job that also runs alone.
 
-    generate-pairs -> label (AI judge, both orders) -> train-rm -> train-ppo (RM reward)
-                                                    -> train-dpo (AI preferences) -> eval
+    generate-pairs (policy vs a warm/curt system-prompted variant) -> label (SmolLM2 judge, pointwise yes/no
+    on a friendly-tone rubric) -> train-rm -> train-ppo (RM reward) -> eval (judge and gold, both orders)
+                                           -> train-dpo (AI preferences) ->
 
-Each stage writes below `<run_dir>/<n>-<job>/` with its own effective config, so any stage can be
-re-run by hand with `rlaif-ray <job> --config <run_dir>/<n>-<job>/config.yaml`. Re-running the demo
-resumes: stored labels are not paid again and finished stages are skipped. It ends with a table: the
-trained policies' win rates against the starting policy with 95% bootstrap CIs, the reward model's
-held-out accuracy, labels made and their cost, time per stage, and the files written.
+A gold that is not the judge (VADER sentiment) measures every step: the labels' agreement with it, the
+RM's accuracy on held-out pairs by it, the policies' win rates over the start by it beside the judge's,
+and the gold score against KL to the start. Each stage writes below `<run_dir>/<n>-<job>/` with its own
+effective config, so any stage can be re-run by hand with `rlaif-ray <job> --config
+<run_dir>/<n>-<job>/config.yaml`. Re-running the demo resumes: stored labels are not paid again and
+finished stages are skipped. It ends with a table of goals, each marked met or not met, time per stage and
+the files written.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..config import (
     EvalJob,
     FeedbackPoolConfig,
     GeneratePairsJob,
+    GoldConfig,
     LabelJob,
     RewardConfig,
     TrainDPOJob,
@@ -87,32 +91,34 @@ def run(cfg: DemoJob, args) -> int:
     st = Stages(root, cfg.time_budget_min * 60)
     init_ray(cfg.ray, shared={"run_dir": str(root)})
     policy, judge = cfg.policy, cfg.judge
-    gen_sampling = dataclasses.replace(cfg.sampling, n=2)
+    gen_sampling = dataclasses.replace(cfg.sampling, n=1)
     eval_sampling = dataclasses.replace(cfg.sampling, n=1, temperature=0.0)
     pool = FeedbackPoolConfig(num_actors=1, judge=judge)
     try:
         pairs_dir = st.dir(1, "generate-pairs")
         st.run("generate-pairs", GeneratePairsJob(
             prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(pairs_dir), output=str(pairs_dir / "pairs.jsonl"),
-            policy=policy, max_prompts=cfg.pair_prompts, rollout=cfg.rollout, sampling=gen_sampling,
-            ray=cfg.ray), pairs_dir / "pairs.jsonl")
+            policy=policy, system_prompts_b=cfg.system_prompts_b, max_prompts=cfg.pair_prompts, rollout=cfg.rollout,
+            sampling=gen_sampling, ray=cfg.ray), pairs_dir / "pairs.jsonl")
 
         label_dir = st.dir(2, "label")
         prefs = label_dir / "preferences.jsonl"
         st.run("label", LabelJob(input=str(pairs_dir / "pairs.jsonl"), run_dir=str(label_dir), output=str(prefs),
-                                 pool=pool, ray=cfg.ray), label_dir / "summary.json")
+                                 pool=pool, gold=cfg.gold, ray=cfg.ray), label_dir / "summary.json")
 
         rm_dir = st.dir(3, "train-rm")
-        st.run("train-rm", TrainRMJob(train=str(prefs), run_dir=str(rm_dir), model=policy, learner=cfg.rm_learner,
-                                      epochs=cfg.rm_epochs, ray=cfg.ray), rm_dir / "final" / "config.json")
+        gold_heldout = write_gold_heldout(cfg, pairs_dir / "pairs.jsonl", prefs, rm_dir / "gold_heldout.jsonl")
+        st.run("train-rm", TrainRMJob(train=str(prefs), human_eval=gold_heldout, run_dir=str(rm_dir), model=policy,
+                                      learner=cfg.rm_learner, epochs=cfg.rm_epochs, val_fraction=cfg.rm_val_fraction,
+                                      ray=cfg.ray), rm_dir / "final" / "config.json")
 
         ppo_dir = st.dir(4, "train-ppo")
         ppo = dataclasses.replace(cfg.ppo, max_minutes=_remaining_min(st, cfg, share=0.5))
         st.run("train-ppo", TrainPPOJob(
             prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(ppo_dir), policy=policy,
             reward=RewardConfig(source="rm", rm_path=str(rm_dir / "final")), ppo=ppo, rollout=cfg.rollout,
-            sampling=dataclasses.replace(cfg.sampling, n=1), learner=cfg.learner, sync=cfg.sync, ray=cfg.ray),
-            ppo_dir / "final" / "config.json")
+            sampling=dataclasses.replace(cfg.sampling, n=1), learner=cfg.learner, sync=cfg.sync,
+            gold=GoldConfig(score_function=cfg.gold.score_function), ray=cfg.ray), ppo_dir / "final" / "config.json")
 
         dpo_dir = st.dir(5, "train-dpo")
         stage = dataclasses.replace(cfg.dpo, data=str(prefs))
@@ -123,8 +129,8 @@ def run(cfg: DemoJob, args) -> int:
         st.run("eval", EvalJob(
             prompts=str(DEMO_PROMPTS / "heldout.jsonl"), run_dir=str(eval_dir), max_prompts=cfg.eval_prompts,
             policies={"start": policy.path, "ppo": str(ppo_dir / "final"), "dpo": str(dpo_dir / "final")},
-            baseline="start", dtype=policy.dtype, pool=pool, rollout=cfg.rollout, sampling=eval_sampling,
-            seed=cfg.seed, ray=cfg.ray), eval_dir / "results.json")
+            baseline="start", kl_reference="start", dtype=policy.dtype, pool=pool, gold=cfg.gold,
+            rollout=cfg.rollout, sampling=eval_sampling, seed=cfg.seed, ray=cfg.ray), eval_dir / "results.json")
     except StageFailed as e:
         log.error("%s", e)
         return 1
@@ -141,30 +147,67 @@ def _remaining_min(st: Stages, cfg: DemoJob, share: float) -> float:
     return max(1.0, left * share)
 
 
+def write_gold_heldout(cfg: DemoJob, pairs_path: Path, prefs_path: Path, out: Path) -> str | None:
+    """The gold's preferences on the pairs train-rm holds out (the same id split), where the gold decides:
+    the RM's accuracy on them is its accuracy by the gold on pairs it never saw. None without such pairs."""
+    from ..data import read_pairs, read_preferences, split_by_id, write_rows
+    from ..eval.gold import gold_preferences
+
+    if not prefs_path.exists() or not cfg.gold.enabled:
+        return None
+    _, val = split_by_id(read_preferences(prefs_path), cfg.rm_val_fraction, cfg.rm_learner.seed)
+    held = {r.id for r in val}
+    pairs = [p for p in read_pairs(pairs_path) if p.id in held]
+    rows = [{"prompt": p.prompt, "chosen": p.response_a if g > 0.5 else p.response_b,
+             "rejected": p.response_b if g > 0.5 else p.response_a, "id": p.id}
+            for p, g in zip(pairs, gold_preferences(cfg.gold, pairs), strict=True) if g is not None and g != 0.5]
+    if not rows:
+        return None
+    write_rows(out, rows)
+    return str(out)
+
+
+GOALS = {"agreement": 0.70, "rm_accuracy": 0.65}
+
+
 def summary_table(st: Stages, label_dir: Path, rm_dir: Path, eval_dir: Path) -> str:
+    """Every goal of the demo marked met / not met, as it came out, then costs, time and files."""
     results = json.loads((eval_dir / "results.json").read_text())
     label = json.loads((label_dir / "summary.json").read_text())
-    lines = ["RLAIF demo — results", "",
-             f"{'policy vs start':<18}{'win rate':>10}{'95% CI':>20}{'n':>6}"]
-    for row in results.get("vs_baseline", []):
-        ci = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-        lines.append(f"{row['policy']:<18}{row['win_rate']:>10.3f}{ci:>20}{row['n']:>6}")
-    acc = _last_metric(rm_dir / "metrics.jsonl", "val/accuracy")
-    lines += ["", f"reward model held-out accuracy: {acc:.3f}" if acc is not None else
-              "reward model held-out accuracy: n/a (no held-out pairs)"]
+    gold = results.get("gold", {})
+    agree = (label.get("gold") or {}).get("agreement")
+    acc = _last_metric(rm_dir / "metrics.jsonl", "human/accuracy")
+    lines = ["RLAIF demo — results (goal: met / not met, as measured)", "",
+             f"{'':<44}{'value':>8}{'95% CI':>18}{'n':>5}  goal",
+             _goal_row("judge-gold agreement on the demo's pairs", agree, None, (label.get("gold") or {}).get("n"),
+                       f">= {GOALS['agreement']}", agree is not None and agree >= GOALS["agreement"]),
+             _goal_row("RM held-out accuracy by the gold", acc, None, None, f">= {GOALS['rm_accuracy']}",
+                       acc is not None and acc >= GOALS["rm_accuracy"])]
+    for by, rows in (("gold", gold.get("vs_baseline", [])), ("judge", results.get("vs_baseline", []))):
+        for row in rows:
+            lines.append(_goal_row(f"{row['policy']} win rate over start, by the {by}", row["win_rate"],
+                                   (row["ci_low"], row["ci_high"]), row["n"], "CI low > 0.5", row["ci_low"] > 0.5))
+    judge_gold = gold.get("judge_agreement", {})
+    lines += ["", f"eval: the judge agrees with the gold on {_fmt(judge_gold.get('agreement'))} of the "
+              f"{judge_gold.get('n', 0)} comparisons the gold decides (kappa {_fmt(judge_gold.get('kappa'))})"]
+    for m, sc in gold.get("score", {}).items():
+        kl = results.get("kl", {}).get(m, {}).get("mean")
+        lines.append(f"  {m:<8} gold score {sc['mean']:+.3f}  KL to start {_fmt(kl)}")
     cost = label.get("cost_cumulative", {})
     lines.append(f"labels: {label.get('labeled')} pairs labeled by {label.get('judge')}, "
-                 f"{label.get('unlabeled')} unlabeled, cost ${cost.get('cost_usd', 0.0):.4f}, "
-                 f"position consistency {_fmt(label.get('position_consistency'))}")
-    bias = results.get("position_bias") or {}
-    if bias:
-        lines.append(f"eval judge first-position rate {_fmt(bias.get('first_position_rate'))}"
-                     f"{' (BIASED)' if bias.get('biased') else ''}")
+                 f"{label.get('unlabeled')} unlabeled, cost ${cost.get('cost_usd', 0.0):.4f}")
     lines += ["", "time per stage:"] + [f"  {k:<16}{v / 60:6.1f} min" for k, v in st.times.items()]
     lines.append(f"  {'total':<16}{st.elapsed() / 60:6.1f} min")
     lines += ["", "files:", f"  report   {eval_dir / 'report.txt'}", f"  results  {eval_dir / 'results.json'}",
-              f"  plots    {eval_dir / 'plots'}", f"  runs     {st.root}"]
+              f"  plots    {eval_dir / 'plots'} (gold_vs_kl.png: gold score against KL to the start)",
+              f"  runs     {st.root}"]
     return "\n".join(lines)
+
+
+def _goal_row(name: str, value, ci, n, goal: str, met: bool) -> str:
+    ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return (f"{name:<44}{_fmt(value):>8}{ci_text:>18}{n if n is not None else '':>5}  {goal}: "
+            f"{'met' if met else 'NOT MET'}")
 
 
 def _fmt(x) -> str:

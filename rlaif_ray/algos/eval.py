@@ -5,7 +5,8 @@ policy in `answers/`: `eval/answers.py`), every compared pair of answers goes to
 positions randomised per prompt and both orders judged (verdicts land in the durable label store, so a
 re-run pays for nothing twice: `eval/compare.py`), then the statistics (`eval/stats.py`): win rates with bootstrap CIs and paired tests,
 the win-rate matrix, Bradley-Terry scores, the judge's position bias, similarity to reference answers,
-optional KL to a reference policy. Writes results.json, report.txt, examples.md/.jsonl, comparisons.jsonl,
+optional KL to a reference policy; with a `gold`, the same win rates decided by the gold and the judge's
+agreement with it. Writes results.json, report.txt, examples.md/.jsonl, comparisons.jsonl,
 plots/*.png, metrics.jsonl and TensorBoard scalars in run_dir.
 """
 
@@ -29,8 +30,10 @@ def evaluate(cfg: EvalJob) -> dict:
     from ..data import read_prompts, write_rows
     from ..eval import format_examples, format_report, select_examples, summarise
     from ..eval.answers import generate_answers
-    from ..eval.compare import build_pairs, judge
-    from ..eval.plots import plot_heatmap, plot_similarity, plot_win_rates
+    from ..eval.compare import build_pairs, gold_comparisons, judge
+    from ..eval.gold import agreement, gold_scores
+    from ..eval.plots import plot_gold_vs_kl, plot_heatmap, plot_similarity, plot_win_rates
+    from ..eval.report import per_model_summary
     from ..eval.scoring import reward_scores, similarity_to_references
 
     run_dir = Path(cfg.run_dir)
@@ -61,6 +64,14 @@ def evaluate(cfg: EvalJob) -> dict:
     res = summarise(models, cfg.baseline, comparisons, similarity=sims, reward=rewards,
                     kl={m: np.asarray(v, dtype=float) for m, v in kl.items()} or None,
                     n_boot=cfg.bootstrap, seed=cfg.seed)
+    if cfg.gold.enabled:  # the same comparisons by the gold, and how often the judge sides with it
+        gold = gold_comparisons(cfg, pairs)
+        by_gold = summarise(models, cfg.baseline, gold, n_boot=cfg.bootstrap, seed=cfg.seed)
+        res["gold"] = {k: by_gold[k] for k in ("win_rates", "vs_baseline", "scores") if k in by_gold}
+        res["gold"]["judge_agreement"] = agreement([c.p_x for c in comparisons], [g.p_x for g in gold])
+        scores = gold_scores(cfg.gold, prompts, answers)
+        if scores is not None:
+            res["gold"]["score"] = per_model_summary(scores, cfg.bootstrap, cfg.seed)
     res["answer_length_tokens"] = {m: float(np.mean([len(s.token_ids) for s in samples[m] if s is not None] or [0]))
                                    for m in models}
     plots = run_dir / "plots"
@@ -69,6 +80,8 @@ def evaluate(cfg: EvalJob) -> dict:
              "win_rates_png": plot_win_rates([{"label": f"{r['x']} vs {r['y']}", **r} for r in res["win_rates"]],
                                              plots / "win_rates.png"),
              "heatmap_png": plot_heatmap(np.array(res["matrix"], dtype=float), models, plots / "win_rate_matrix.png")}
+    if "score" in res.get("gold", {}) and "kl" in res:
+        files["gold_vs_kl_png"] = plot_gold_vs_kl(res["gold"]["score"], res["kl"], plots / "gold_vs_kl.png")
     if sims:
         files["similarity_png"] = plot_similarity({m: v[~np.isnan(v)] for m, v in sims.items()},
                                                   plots / "similarity.png")

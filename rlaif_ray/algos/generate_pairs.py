@@ -3,6 +3,8 @@ unlabeled pairs (prompt, response_a, response_b, id) for `rlaif-ray label`.
 
 One policy: up to `pairs_per_prompt` disjoint pairs of distinct responses among its n samples.
 Two policies: response_a from `policy`, response_b from `policy_b`, sample i against sample i.
+System-prompted variant (`system_prompts_b`): response_b from the same policy and engine, the prompt under
+one of those system prompts (cycled), sample i against sample i; the pair keeps the plain prompt.
 Identical (or empty) responses are skipped and counted; prompts over the context are truncated or
 rejected per `rollout.long_prompt`, counted too. The counts go to <run_dir>/generate_pairs_report.json.
 """
@@ -20,17 +22,24 @@ from ..config.jobs import GeneratePairsJob
 log = logging.getLogger(__name__)
 
 
-def sample_policy(model_cfg, cfg: GeneratePairsJob, prompts: list) -> tuple[list, dict]:
-    """Start a RolloutPool on the policy, generate, shut it down; (samples per prompt, pool stats)."""
+def sample_policy(model_cfg, cfg: GeneratePairsJob, *prompt_sets: list) -> tuple[list, dict]:
+    """Start a RolloutPool on the policy, generate every prompt set on it, shut it down; (samples per prompt
+    of each set, pool stats)."""
     from ..models import resolve_model_path
     from ..rollout import RolloutPool
 
     path = resolve_model_path(model_cfg)
     pool = RolloutPool(path, cfg.rollout, model_cfg.seed, model_cfg.dtype, cfg.ray.placement_strategy)
     try:
-        return pool.generate(prompts, cfg.sampling), dict(pool.stats)
+        return [pool.generate(prompts, cfg.sampling) for prompts in prompt_sets], dict(pool.stats)
     finally:
         pool.shutdown()
+
+
+def with_system(prompt, system: str) -> list[dict]:
+    """The prompt as chat messages under `system` (replacing a system message it had)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
 def make_pairs(candidates: list[tuple[str, str]], limit: int) -> tuple[list[tuple[int, int]], int, int]:
@@ -55,7 +64,7 @@ def build_rows(records, samples_a, samples_b, cfg: GeneratePairsJob) -> tuple[li
     rows, counts = [], {"identical_skipped": 0, "empty_skipped": 0}
     name_a = cfg.policy.path
     name_b = cfg.policy_b.path if cfg.policy_b else name_a
-    for rec, sa, sb in zip(records, samples_a, samples_b, strict=True):
+    for i, (rec, sa, sb) in enumerate(zip(records, samples_a, samples_b, strict=True)):
         if samples_b is samples_a:  # one policy: samples (0,1), (2,3), ...
             cand = [(sa[k], sa[k + 1]) for k in range(0, len(sa) - 1, 2)]
         else:
@@ -68,8 +77,13 @@ def build_rows(records, samples_a, samples_b, cfg: GeneratePairsJob) -> tuple[li
             pair = PairRecord(rec.prompt, x.text, y.text)
             rows.append({"id": pair.id, "prompt": rec.prompt, "response_a": x.text, "response_b": y.text,
                          "prompt_id": rec.id, "model_a": name_a, "model_b": name_b,
-                         "finish_a": x.finish_reason, "finish_b": y.finish_reason})
+                         "finish_a": x.finish_reason, "finish_b": y.finish_reason,
+                         **({"system_b": _system_b(cfg, i)} if cfg.system_prompts_b else {})})
     return rows, counts
+
+
+def _system_b(cfg: GeneratePairsJob, i: int) -> str:
+    return cfg.system_prompts_b[i % len(cfg.system_prompts_b)]
 
 
 def run(cfg: GeneratePairsJob, args: argparse.Namespace) -> int:
@@ -84,10 +98,15 @@ def run(cfg: GeneratePairsJob, args: argparse.Namespace) -> int:
     init_ray(cfg.ray, shared={"policy": resolve_model_path(cfg.policy),
                               "policy_b": resolve_model_path(cfg.policy_b) if cfg.policy_b else None})
     prompts = [r.prompt for r in records]
-    samples_a, stats = sample_policy(cfg.policy, cfg, prompts)
-    samples_b = samples_a
+    if cfg.system_prompts_b:
+        (samples_a, samples_b), stats = sample_policy(
+            cfg.policy, cfg, prompts, [with_system(p, _system_b(cfg, i)) for i, p in enumerate(prompts)])
+    else:
+        (samples_a,), stats = sample_policy(cfg.policy, cfg, prompts)
+        samples_b = samples_a
     if cfg.policy_b is not None:
-        samples_b, _ = sample_policy(cfg.policy_b, cfg, prompts)
+        (samples_b,), _ = sample_policy(cfg.policy_b, cfg, prompts)
+    if samples_b is not samples_a:
         rejected_b = {i for i, s in enumerate(samples_b) if not s}
         stats["rejected"] = len({i for i, s in enumerate(samples_a) if not s} | rejected_b)
     rows, counts = build_rows(records, samples_a, samples_b, cfg)

@@ -1,7 +1,8 @@
 """`rlaif-ray label`: unlabeled pairs -> FeedbackPool (or the Message Batches API) -> preference dataset.
 
 The loop: read pairs, list the judge calls not yet in the label store, run them, consolidate every stored
-verdict into TRL prompt/chosen/rejected rows with soft labels, write the summary. Re-running the same
+verdict into TRL prompt/chosen/rejected rows with soft labels, write the summary (with `gold`: the labels'
+agreement with it, Cohen's kappa and agreement by confidence). Re-running the same
 command resumes: stored answers are skipped (never paid twice), failed ones are retried.
 SIGTERM/SIGINT stop dispatching; calls in flight finish and are stored before exit.
 """
@@ -46,6 +47,14 @@ def run(cfg: LabelJob, args) -> int:
                **stats, "cost_run": cost_of(new_records), "cost_cumulative": cost_of(store.records()),
                "prices_per_mtok": prices_of(jcfg),
                "pool": run_summary, "nodes": pending.nodes, "torn_lines": store.torn_lines}
+    if cfg.gold.enabled:
+        from ..eval.gold import agreement, gold_preferences
+
+        p_a = {row["id"]: row["p_a"] for row in rows}
+        summary["gold"] = agreement([p_a.get(p.id) for p in pairs], gold_preferences(cfg.gold, pairs))
+        g = summary["gold"]
+        print(f"agreement with the gold: {g['agreement']} (Cohen's kappa {g['kappa']}) on {g['n']} pairs "
+              f"({g['gold_missing_or_tie']} gold ties or missing)")
     summary_path = run_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     print(f"labeled {stats['labeled']}/{len(pairs)} pairs ({stats['unlabeled']} unlabeled) -> {output}; "

@@ -7,7 +7,8 @@
 The learner side (policy with its value head or beside a separate critic, the frozen reference on the
 same ranks, the experience maths and the minibatch updates) is `learner.ppo_learners.PPOLearners`.
 Per step one row in `<run_dir>/metrics.jsonl` (keys `ppo/<name>`) and TensorBoard, with a progress
-bar: loss terms, reward mean/std, KL, entropy, clip fraction, value error, grad norm, tokens/s and the
+bar: loss terms, reward mean/std (and with `gold.score_function` the gold score of the same samples), KL,
+entropy, clip fraction, value error, grad norm, tokens/s and the
 wall-time split generate/score/train/sync/checkpoint; `driver_overhead_fraction` is the step time in
 none of them; `sync_bytes` and `driver_rss_mb` show the weights going learner -> engines without the
 driver. `<run_dir>/placement.json` records the node of the driver, each rollout worker and learner
@@ -48,6 +49,7 @@ class PPORun:
     sync: Any  # WeightSync
     reward: Any  # (prompts, responses) -> scores
     kl_ctl: Any  # learner.ppo.AdaptiveKLController
+    gold: Any = None  # optional (prompt, response) -> gold score, logged beside the reward
 
 
 def run(cfg: TrainPPOJob, args: argparse.Namespace) -> int:
@@ -63,6 +65,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     """The loop; returns the metrics rows of the steps it ran."""
     from ..cluster import init_ray
     from ..data import read_prompts
+    from ..feedback.judge_function import load_function
     from ..learner.checkpoint import export_final, latest_checkpoint, read_trainer_state, save_checkpoint
     from ..learner.metrics import MetricsWriter, PhaseTimer
     from ..learner.ppo import AdaptiveKLController
@@ -99,7 +102,8 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
             kl_ctl.load_state_dict(extra["kl_ctl"])
             sync.push(version=start)
             log.info("resumed from %s at step %d", ckpt, start)
-        run = PPORun(cfg, prompts, pool, learners, sync, reward, kl_ctl)
+        gold = load_function(cfg.gold.score_function, "gold.score_function") if cfg.gold.score_function else None
+        run = PPORun(cfg, prompts, pool, learners, sync, reward, kl_ctl, gold)
         rows = []
         with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics, StopSignal() as stop:
             t_loop = time.perf_counter()
@@ -173,6 +177,7 @@ def ppo_step(run: PPORun, step: int, timer) -> dict:
     ids, texts, samples = (list(x) for x in zip(*kept, strict=True))
     with timer("score"):
         scores = torch.tensor(run.reward(texts, [s.text for s in samples]), dtype=torch.float32)
+        gold = [float(run.gold(t, s.text)) for t, s in zip(texts, samples, strict=True)] if run.gold else None
     bad = [i for i, v in zip(ids, scores.tolist(), strict=True) if not math.isfinite(v)]
     if bad:
         raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
@@ -194,5 +199,7 @@ def ppo_step(run: PPORun, step: int, timer) -> dict:
            "tokens_per_s_train": tokens * ppo.ppo_epochs / max(timer.t["train"], 1e-9),
            "sync_verified": report.verified, "sync_max_abs_diff": report.max_abs_diff, "sync_bytes": report.bytes,
            "driver_rss_mb": psutil.Process().memory_info().rss / 2**20}
+    if gold is not None:  # the true objective beside the proxy: when reward rises and this falls, it is gamed
+        row["gold_score_mean"] = sum(gold) / n
     run.kl_ctl.update(rollout["kl"], n)
     return row

@@ -15,6 +15,7 @@ from .jobs import (
 )
 from .roles import (
     FeedbackPoolConfig,
+    GoldConfig,
     JudgeConfig,
     LearnerConfig,
     LoraConfig,
@@ -29,7 +30,7 @@ from .roles import (
 from .schema import ConfigError, apply_overrides, describe, from_dict, load, save, to_dict
 
 __all__ = [
-    "ConfigError", "DPOStage", "DemoJob", "EvalJob", "FeedbackPoolConfig", "GeneratePairsJob",
+    "ConfigError", "DPOStage", "DemoJob", "EvalJob", "FeedbackPoolConfig", "GeneratePairsJob", "GoldConfig",
     "JudgeConfig", "LabelHumanJob", "LabelJob", "LearnerConfig", "LoraConfig", "ModelConfig", "PPOConfig",
     "RateLimitConfig", "RayConfig", "RetryConfig", "RewardConfig", "RolloutConfig", "SamplingConfig",
     "SyncConfig", "TrainDPOJob", "TrainPPOJob", "TrainRMJob", "apply_overrides", "describe", "from_dict",

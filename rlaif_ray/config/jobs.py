@@ -8,6 +8,7 @@ from typing import Literal
 from .roles import (
     Dtype,
     FeedbackPoolConfig,
+    GoldConfig,
     JudgeConfig,
     LearnerConfig,
     LoraConfig,
@@ -30,6 +31,7 @@ class LabelJob:
     run_dir: str = field_("runs/label", "label store, metrics and effective config go here")
     max_examples: int | None = field_(None, "label at most this many pairs", ge=1)
     pool: FeedbackPoolConfig = field_(FeedbackPoolConfig(), "the AI-feedback labeling pool")
+    gold: GoldConfig = field_(GoldConfig(), "optional gold: the summary reports the labels' agreement with it")
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
 
@@ -52,6 +54,9 @@ class GeneratePairsJob:
     run_dir: str = field_("runs/generate-pairs", "outputs and effective config")
     policy: ModelConfig = field_(ModelConfig(), "policy that samples the responses")
     policy_b: ModelConfig | None = field_(None, "optional second policy for response_b")
+    system_prompts_b: list[str] = field_([], "response_b from the same policy under one of these system prompts "
+                                         "(cycled over the prompts): pairs that differ in what the judge judges, "
+                                         "e.g. a warm and a curt variant; the pair keeps the plain prompt")
     max_prompts: int | None = field_(None, "use at most this many prompts", ge=1)
     rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
     sampling: SamplingConfig = field_(SamplingConfig(n=2, temperature=1.0), "sampling: n samples per prompt "
@@ -60,8 +65,10 @@ class GeneratePairsJob:
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
     def validate(self) -> None:
-        if self.policy_b is None and self.sampling.n < 2:
+        if self.policy_b is None and not self.system_prompts_b and self.sampling.n < 2:
             raise ConfigError(f"sampling.n: {self.sampling.n} is below 2, the minimum for pairs from one policy")
+        if self.policy_b is not None and self.system_prompts_b:
+            raise ConfigError("system_prompts_b: response_b comes from policy_b or from system prompts, not both")
 
 
 @dataclass
@@ -157,9 +164,13 @@ class TrainPPOJob:
     learner: LearnerConfig = field_(LearnerConfig(), "learner group")
     sync: SyncConfig = field_(SyncConfig(), "learner -> rollout weight sync")
     checkpoint_every: int = field_(0, "iterations between checkpoints (0 = only at the end)", ge=0)
+    gold: GoldConfig = field_(GoldConfig(), "optional gold scorer (gold.score_function): every step logs "
+                              "gold_score_mean of its samples beside the proxy reward, showing over-optimisation")
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
     def validate(self) -> None:
+        if self.gold.function is not None or self.gold.file is not None:
+            raise ConfigError("gold: train-ppo scores each sample alone: set gold.score_function")
         rows = self.ppo.prompts_per_step * self.sampling.n
         if rows < self.ppo.minibatches * self.learner.num_ranks:
             raise ConfigError(f"ppo.minibatches: {self.ppo.prompts_per_step} prompts x {self.sampling.n} samples "
@@ -176,6 +187,8 @@ class EvalJob:
     run_dir: str = field_("runs/eval", "results.json, report, plots")
     max_prompts: int | None = field_(None, "use at most this many prompts", ge=1)
     pool: FeedbackPoolConfig = field_(FeedbackPoolConfig(), "judge for pairwise comparisons")
+    gold: GoldConfig = field_(GoldConfig(), "optional gold: win rates by the gold beside the judge's, and the "
+                              "judge's agreement with it on the compared answers")
     rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
     sampling: SamplingConfig = field_(SamplingConfig(temperature=0.0), "generation for eval (greedy)")
     bootstrap: int = field_(2000, "bootstrap resamples for CIs", ge=100)
@@ -202,11 +215,20 @@ class DemoJob:
     run_dir: str = field_("runs/demo", "every stage writes below <run_dir>/<n>-<job>/")
     policy: ModelConfig = field_(ModelConfig(path="smollm2", dtype="bf16", lora=LoraConfig(enabled=True)),
                                  "starting policy (trained with LoRA)")
-    judge: JudgeConfig = field_(JudgeConfig(kind="local", model="smollm2", max_tokens=1),
-                                "AI judge for labels and eval (local = a vLLM engine inside the pool)")
+    judge: JudgeConfig = field_(JudgeConfig(kind="local", model="smollm2", max_tokens=1, rubric="friendly",
+                                            protocol="pointwise", scale="yes_no"),
+                                "AI judge for labels and eval (local = a vLLM engine inside the pool). Pointwise "
+                                "yes/no: asked pairwise, SmolLM2-135M picks the first-shown answer almost always")
+    gold: GoldConfig = field_(GoldConfig(score_function="rlaif_ray.eval.gold:vader_sentiment", margin=0.1),
+                              "a gold that is not the judge: VADER sentiment, a lexicon scorer that shares nothing "
+                              "with a language model, for the friendly-tone rubric")
+    system_prompts_b: list[str] = field_(
+        ["Reply in a warm, kind and cheerful way.", "Reply in a cold, curt and grumpy way."],
+        "response_b of every pair comes from the policy under one of these (cycled), so the pairs differ in tone: "
+        "two samples of one small policy differ too little for any judge to rank")
     time_budget_min: float = field_(15.0, "wall-clock budget; PPO gets half of what is left after train-rm, "
                                     "the rest is for DPO and eval", gt=0)
-    pair_prompts: int = field_(64, "training prompts sampled into pairs by generate-pairs", ge=4)
+    pair_prompts: int = field_(96, "training prompts sampled into pairs by generate-pairs", ge=4)
     eval_prompts: int = field_(48, "held-out prompts in the final evaluation", ge=4)
     sampling: SamplingConfig = field_(SamplingConfig(temperature=1.0, max_new_tokens=48),
                                       "generation for pairs and PPO (eval is greedy)")
@@ -214,6 +236,8 @@ class DemoJob:
     rm_learner: LearnerConfig = field_(LearnerConfig(lr=2e-4, dtype="bf16", micro_batch_size=8, max_length=256),
                                        "learner group of train-rm")
     rm_epochs: int = field_(2, "reward-model epochs", ge=1)
+    rm_val_fraction: float = field_(0.25, "pairs held out of train-rm; the gold labels of those it decides are the "
+                                    "RM's gold accuracy set", ge=0.05, le=0.5)
     learner: LearnerConfig = field_(LearnerConfig(lr=5e-5, dtype="bf16", micro_batch_size=4, max_length=256),
                                     "learner group of train-ppo and train-dpo")
     ppo: PPOConfig = field_(PPOConfig(steps=5, prompts_per_step=16), "PPO; steps are also capped by the budget")

@@ -66,6 +66,24 @@ def plot_similarity(sims: dict[str, np.ndarray], path: str | Path) -> Path:
     return _save(fig, plt, path)
 
 
+def plot_gold_vs_kl(gold: dict[str, dict], kl: dict[str, dict], path: str | Path) -> Path:
+    """Each policy's mean gold score (95% CI) against its mean KL to the reference: the over-optimisation
+    curve of Gao et al. 2022 (the gold rises, then falls, as the policy moves away from the start)."""
+    plt = _pyplot()
+    names = sorted((n for n in gold if n in kl), key=lambda n: kl[n]["mean"])
+    x = np.array([kl[n]["mean"] for n in names], dtype=float)
+    y = np.array([gold[n]["mean"] for n in names], dtype=float)
+    ci = np.array([gold[n]["ci"] for n in names], dtype=float).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(x, y, yerr=np.vstack([y - ci[:, 0], ci[:, 1] - y]).clip(min=0), marker="o", capsize=4,
+                color="#4C72B0")
+    for xi, yi, n in zip(x, y, names, strict=True):
+        ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.set_xlabel("KL to the reference (mean sequence log-ratio, nats)")
+    ax.set_ylabel("gold score (mean, 95% CI)")
+    return _save(fig, plt, path)
+
+
 def _save(fig, plt, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

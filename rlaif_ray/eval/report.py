@@ -130,6 +130,15 @@ def format_report(res: dict) -> str:
               f"{pb['n_verdicts']} verdicts, 95% CI {_ci(pb['ci'])} -> "
               + ("BIASED (CI excludes 0.5)" if pb["biased"] else "no significant bias")
               + f"; both orders agree in {pb['consistency']:.3f} of {pb['n_both_orders']} doubly-judged pairs"]
+    if "gold" in res:
+        g, ag = res["gold"], res["gold"]["judge_agreement"]
+        lines += ["", "Win rates by the gold (same answers, same CIs):"]
+        for r in g["win_rates"]:
+            lines.append(f"  {r['x']:<16} {r['y']:<16} {r['n']:>5} {r['win_rate']:>9.3f} {_ci(r['ci']):>16}")
+        lines.append(f"Judge agrees with the gold on {_num(ag['agreement'])} of {ag['n']} comparisons the gold "
+                     f"decides (Cohen's kappa {_num(ag['kappa'])})")
+        for m, sc in g.get("score", {}).items():
+            lines.append(f"  gold score {m:<16} {sc['mean']:>8.3f}  95% CI {_ci(sc['ci'])}  n={sc['n']}")
     for name, title in (("similarity", "Similarity to reference answers (cosine, MiniLM)"),
                         ("reward", "Reward-model score"), ("kl", "KL to the reference (sequence log-ratio)")):
         if name in res:
@@ -139,3 +148,7 @@ def format_report(res: dict) -> str:
             for t in res.get(f"{name}_tests", []):
                 lines.append(f"  {t['x']} - {t['y']}: {t['mean_diff']:+.3f} {_ci(t['ci'])} paired bootstrap p={t['p']:.3g}")
     return "\n".join(lines) + "\n"
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
