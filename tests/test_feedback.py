@@ -130,6 +130,20 @@ def test_both_order_soft_labels_equal_the_fake_probabilities(fake, tmp_path):
     assert stats["first_position_rate"] > 0.5  # the bias shows up in the report
 
 
+def test_calibration_takes_the_content_free_prior_out(fake, tmp_path):
+    """The fake leans to the first slot by +1 logit whatever it reads; its content-free P(first) is sigmoid(1),
+    and subtracting that logit gives back the unbiased probability, order by order."""
+    fake.position_bias = 1.0
+    cfg = JudgeConfig(kind="openai", model="fake-judge", calibrate=True, constrain="none")
+    rows, _ = _label_all(_judge(fake, "openai", calibrate=True, constrain="none"), tmp_path, cfg)
+    for pair, row in zip(PAIRS, rows, strict=True):
+        a, b = pair.response_a, pair.response_b
+        assert row["p_a_ab"] == pytest.approx(p_first(a, b), abs=1e-6)
+        assert row["p_a_ba"] == pytest.approx(1 - p_first(b, a), abs=1e-6)
+        assert "content-free P(first)=0.731059" in row["verdict_ab"][0]
+    assert fake.stats()["billable"] == 2 * len(PAIRS) + 1  # the prior is asked once
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -171,6 +185,8 @@ def test_pointwise_config_errors_and_store_hashes():
                                                                    "scale": "yes_no"}}})
     with pytest.raises(ConfigError, match=r"pool\.judge\.score_function: protocol=pointwise"):
         from_dict(LabelJob, {"input": "x.jsonl", "pool": {"judge": {"protocol": "pointwise"}}})
+    with pytest.raises(ConfigError, match=r"pool\.judge\.calibrate: only for protocol=pairwise"):
+        from_dict(LabelJob, {"input": "x.jsonl", "pool": {"judge": {"kind": "anthropic-batch", "calibrate": True}}})
     # A store labeled before protocol/scale existed keeps its key: its answers are not bought again.
     assert config_hash(JudgeConfig()) == "c48b8a00f309"
     assert config_hash(JudgeConfig(kind="local", model="smollm2", max_tokens=1)) == "f37e0673a656"

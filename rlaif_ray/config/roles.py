@@ -80,6 +80,9 @@ class JudgeConfig:
         "backend gives them, the parsed number otherwise); 'yes_no' = does the response meet the rubric, "
         "s = logp(Yes) - logp(No) (needs logprobs: kind=local or openai)")
     pointwise_temperature: float = field_(1.0, "T of protocol=pointwise: P(a > b) = sigmoid((s_a - s_b) / T)", gt=0)
+    calibrate: bool = field_(False, "protocol=pairwise: subtract the judge's content-free prior, logit P(first) - "
+                             "logit P(first | prompt and both responses 'N/A') (Zhao et al. 2021), asked once per "
+                             "actor; for soft labels from logprobs. Pointwise differences cancel it by themselves")
     cot: bool = field_(False, "ask for a rationale before the verdict")
     both_orders: bool = field_(True, "judge (a,b) and (b,a) and average to cancel position bias (pairwise; a "
                                "pointwise label shows no order, so one call per response)")
@@ -102,6 +105,9 @@ class JudgeConfig:
         if self.scale == "yes_no" and self.kind in ("anthropic", "anthropic-batch"):
             raise ConfigError("scale: yes_no reads logp(Yes) - logp(No) and Claude returns no logprobs; "
                               "use scale=ten (a parsed 1-10 score)")
+        if self.calibrate and (self.protocol == "pointwise" or self.kind == "anthropic-batch"):
+            raise ConfigError("calibrate: only for protocol=pairwise judged call by call (pointwise score "
+                              "differences cancel the prior; the Batches path does not calibrate)")
         if self.protocol == "pointwise" and self.kind == "function" and not self.score_function:
             raise ConfigError("score_function: protocol=pointwise with kind=function needs "
                               "module:function(prompt, response) -> score in [1, 10]")

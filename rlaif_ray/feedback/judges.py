@@ -27,7 +27,7 @@ from .types import ScoreResult, Task, Verdict
 _ANSWER_FIELDS = ("model", "function", "score_function", "rubric", "cot", "temperature", "max_tokens")
 # Answer fields added later: hashed only when set away from their default, so a store labeled before they
 # existed keeps its hash (its answers are not bought again).
-_LATER_ANSWER_FIELDS = {"protocol": "pairwise", "scale": "ten", "pointwise_temperature": 1.0}
+_LATER_ANSWER_FIELDS = {"protocol": "pairwise", "scale": "ten", "pointwise_temperature": 1.0, "calibrate": False}
 
 
 def config_hash(cfg: JudgeConfig) -> str:
@@ -104,6 +104,59 @@ class PointwiseJudge(Judge):
         await self.inner.close()
 
 
+class CalibratedJudge(Judge):
+    """calibrate=true (pairwise): P(first) moved by the judge's content-free prior, logit p - logit p0, where
+    p0 = P(first) for the prompt and both responses "N/A" (asked once, then cached). A judge that leans to
+    the first slot whatever it reads has that lean taken out of every soft label."""
+
+    CONTENT_FREE = Task("content-free", "N/A", "N/A", "N/A")
+
+    def __init__(self, inner: Judge):
+        super().__init__(inner.cfg)
+        self.inner, self.batched = inner, inner.batched
+        self.prior: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def _prior(self) -> float | None:
+        async with self._lock:
+            if self.prior is None:
+                v = (await self.inner.judge_many([self.CONTENT_FREE]))[0]
+                self.prior = v.p_first if v.ok else None
+            return self.prior
+
+    async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
+        prior = await self._prior()
+        verdicts = await self.inner.judge_many(tasks)
+        for v in verdicts:
+            if v.ok and prior is None:
+                v.p_first, v.error = None, "calibrate: the content-free call failed"
+            elif v.ok:
+                v.p_first = _sigmoid(_logit(v.p_first) - _logit(prior))
+                v.raw += f" [calibrated: content-free P(first)={prior:.6f}]"
+        return verdicts
+
+    async def judge(self, task: Task) -> Verdict:
+        return (await self.judge_many([task]))[0]
+
+    async def score(self, prompt: Any, response: Any) -> ScoreResult:
+        return await self.inner.score(prompt, response)
+
+    async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
+        return await self.inner.score_many(items)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _logit(p: float, eps: float = 1e-6) -> float:
+    p = min(max(p, eps), 1 - eps)  # a hard 0/1 verdict stays (almost) hard
+    return math.log(p) - math.log(1 - p)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
 def verdict_of_scores(first: ScoreResult, second: ScoreResult, temperature: float) -> Verdict:
     """One pairwise verdict from two pointwise scores (their usage and cost added; failed if either is)."""
     from .types import Usage
@@ -116,17 +169,20 @@ def verdict_of_scores(first: ScoreResult, second: ScoreResult, temperature: floa
                 cost_usd=first.cost_usd + second.cost_usd, answer_format=first.answer_format,
                 error=first.error or second.error, scores=[first.score, second.score])
     if v.error is None and first.score is not None and second.score is not None:
-        v.p_first = 1.0 / (1.0 + math.exp(-(first.score - second.score) / temperature))
+        v.p_first = _sigmoid((first.score - second.score) / temperature)
     elif v.error is None:
         v.error = "no score"
     return v
 
 
 def make_judge(cfg: JudgeConfig, retry: RetryConfig | None = None, limiter: RateLimiter | None = None) -> Judge:
-    """The judge `cfg.kind` names, wrapped in `PointwiseJudge` for protocol=pointwise (anthropic-batch
-    judges single calls through the Messages API; the batch path lives in `batch.py`)."""
+    """The judge `cfg.kind` names, wrapped in `PointwiseJudge` for protocol=pointwise or `CalibratedJudge`
+    for calibrate=true (anthropic-batch judges single calls through the Messages API; the batch path lives
+    in `batch.py`)."""
     judge = _make_base(cfg, retry or RetryConfig(), limiter)
-    return PointwiseJudge(judge) if cfg.protocol == "pointwise" else judge
+    if cfg.protocol == "pointwise":
+        return PointwiseJudge(judge)
+    return CalibratedJudge(judge) if cfg.calibrate else judge
 
 
 def _make_base(cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None) -> Judge:
