@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rlaif_ray import cli
+from rlaif_ray.config import DemoJob
 
 TINY = [
     "policy.path=tiny", "policy.dtype=fp32", "policy.lora.enabled=true",
@@ -46,8 +47,7 @@ def test_demo_pipeline_on_tiny_model(ray_session, tmp_path, capsys):
     assert "ppo win rate over start, by the gold" in out and "dpo win rate over start, by the judge" in out
     label = json.loads((run_dir / "2-label" / "summary.json").read_text())
     assert label["gold"]["n_pairs"] == len(pairs) and all(p["protocol"] == "pointwise" for p in prefs)
-    assert {p["system_b"] for p in pairs} <= {"Reply in a warm, kind and cheerful way.",
-                                              "Reply in a cold, curt and grumpy way."}
+    assert {p["instruction_b"] for p in pairs} == set(DemoJob().instructions_b)
     assert (run_dir / "6-eval" / "plots" / "gold_vs_kl.png").stat().st_size > 1000
     assert (run_dir / "summary.txt").read_text().strip() in out
 

@@ -75,27 +75,28 @@ def test_two_policies(ray_session, tmp_path):
 
 
 @pytest.mark.slow
-def test_system_prompted_variant_of_the_same_policy(ray_session, tmp_path):
-    """response_b from the same engine under a system prompt (cycled); the pair keeps the plain prompt."""
+def test_instructed_variant_of_the_same_policy(ray_session, tmp_path):
+    """response_b from the same engine with an instruction (cycled) appended; the pair keeps the plain prompt."""
     from rlaif_ray.algos import generate_pairs
-    from rlaif_ray.algos.generate_pairs import with_system
+    from rlaif_ray.algos.generate_pairs import with_instruction
     from rlaif_ray.data import read_pairs
 
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the cat", "a robot", "why?"]))
-    systems = ["Be warm and kind.", "Be curt."]
+    systems = ["Be warm and kind.", "Be curt."]  # instructions
     cfg = job(prompts_file, tmp_path, sampling=SamplingConfig(n=1, temperature=1.0, max_new_tokens=8),
-              system_prompts_b=systems)
+              instructions_b=systems)
     assert generate_pairs.run(cfg, argparse.Namespace()) == 0
     pairs = read_pairs(tmp_path / "run" / "pairs.jsonl")
     report = json.loads((tmp_path / "run" / "generate_pairs_report.json").read_text())
     assert len(pairs) >= 2 and len(pairs) + report["identical_skipped"] == 3  # a random tiny model may repeat
     expected = {"the cat": systems[0], "a robot": systems[1], "why?": systems[0]}  # cycled over the prompts
-    assert all(p.meta["system_b"] == expected[p.prompt] for p in pairs)
-    assert with_system([{"role": "system", "content": "old"}, {"role": "user", "content": "q"}], "new") == [
-        {"role": "system", "content": "new"}, {"role": "user", "content": "q"}]
-    with pytest.raises(ConfigError, match="system_prompts_b: response_b comes from policy_b or"):
-        load(GeneratePairsJob, None, [f"prompts={prompts_file}", "system_prompts_b=[x]", "policy_b.path=tiny"])
+    assert all(p.meta["instruction_b"] == expected[p.prompt] for p in pairs)
+    assert with_instruction("q?", "Be kind.") == "q? Be kind."
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "q?"}]
+    assert with_instruction(chat, "Be kind.") == chat[:2] + [{"role": "user", "content": "q? Be kind."}]
+    with pytest.raises(ConfigError, match="instructions_b: response_b comes from policy_b or"):
+        load(GeneratePairsJob, None, [f"prompts={prompts_file}", "instructions_b=[x]", "policy_b.path=tiny"])
 
 
 def test_config_needs_two_samples_from_one_policy(tmp_path):

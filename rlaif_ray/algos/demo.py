@@ -1,6 +1,6 @@
 """`rlaif-ray demo`: the offline RLAIF quickstart, every stage a real job that also runs alone.
 
-    generate-pairs (policy vs a warm/curt system-prompted variant) -> label (SmolLM2 judge, pointwise yes/no
+    generate-pairs (policy vs a warm/rude instructed variant) -> label (SmolLM2 judge, pointwise yes/no
     on a friendly-tone rubric) -> train-rm -> train-ppo (RM reward) -> eval (judge and gold, both orders)
                                            -> train-dpo (AI preferences) ->
 
@@ -98,7 +98,7 @@ def run(cfg: DemoJob, args) -> int:
         pairs_dir = st.dir(1, "generate-pairs")
         st.run("generate-pairs", GeneratePairsJob(
             prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(pairs_dir), output=str(pairs_dir / "pairs.jsonl"),
-            policy=policy, system_prompts_b=cfg.system_prompts_b, max_prompts=cfg.pair_prompts, rollout=cfg.rollout,
+            policy=policy, instructions_b=cfg.instructions_b, max_prompts=cfg.pair_prompts, rollout=cfg.rollout,
             sampling=gen_sampling, ray=cfg.ray), pairs_dir / "pairs.jsonl")
 
         label_dir = st.dir(2, "label")

@@ -3,8 +3,8 @@ unlabeled pairs (prompt, response_a, response_b, id) for `rlaif-ray label`.
 
 One policy: up to `pairs_per_prompt` disjoint pairs of distinct responses among its n samples.
 Two policies: response_a from `policy`, response_b from `policy_b`, sample i against sample i.
-System-prompted variant (`system_prompts_b`): response_b from the same policy and engine, the prompt under
-one of those system prompts (cycled), sample i against sample i; the pair keeps the plain prompt.
+Instructed variant (`instructions_b`): response_b from the same policy and engine, one of those instructions
+(cycled) appended to the prompt's last user turn, sample i against sample i; the pair keeps the plain prompt.
 Identical (or empty) responses are skipped and counted; prompts over the context are truncated or
 rejected per `rollout.long_prompt`, counted too. The counts go to <run_dir>/generate_pairs_report.json.
 """
@@ -36,10 +36,13 @@ def sample_policy(model_cfg, cfg: GeneratePairsJob, *prompt_sets: list) -> tuple
         pool.shutdown()
 
 
-def with_system(prompt, system: str) -> list[dict]:
-    """The prompt as chat messages under `system` (replacing a system message it had)."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
+def with_instruction(prompt, instruction: str):
+    """The prompt with `instruction` appended to its last user turn (a string prompt is that turn). Small
+    models follow an instruction there far better than in a system prompt (measured with SmolLM2-135M: see FACTS.md)."""
+    if isinstance(prompt, str):
+        return f"{prompt} {instruction}"
+    last = max(i for i, m in enumerate(prompt) if m["role"] == "user")
+    return [{**m, "content": f"{m['content']} {instruction}"} if i == last else m for i, m in enumerate(prompt)]
 
 
 def make_pairs(candidates: list[tuple[str, str]], limit: int) -> tuple[list[tuple[int, int]], int, int]:
@@ -78,12 +81,12 @@ def build_rows(records, samples_a, samples_b, cfg: GeneratePairsJob) -> tuple[li
             rows.append({"id": pair.id, "prompt": rec.prompt, "response_a": x.text, "response_b": y.text,
                          "prompt_id": rec.id, "model_a": name_a, "model_b": name_b,
                          "finish_a": x.finish_reason, "finish_b": y.finish_reason,
-                         **({"system_b": _system_b(cfg, i)} if cfg.system_prompts_b else {})})
+                         **({"instruction_b": _instruction_b(cfg, i)} if cfg.instructions_b else {})})
     return rows, counts
 
 
-def _system_b(cfg: GeneratePairsJob, i: int) -> str:
-    return cfg.system_prompts_b[i % len(cfg.system_prompts_b)]
+def _instruction_b(cfg: GeneratePairsJob, i: int) -> str:
+    return cfg.instructions_b[i % len(cfg.instructions_b)]
 
 
 def run(cfg: GeneratePairsJob, args: argparse.Namespace) -> int:
@@ -98,9 +101,9 @@ def run(cfg: GeneratePairsJob, args: argparse.Namespace) -> int:
     init_ray(cfg.ray, shared={"policy": resolve_model_path(cfg.policy),
                               "policy_b": resolve_model_path(cfg.policy_b) if cfg.policy_b else None})
     prompts = [r.prompt for r in records]
-    if cfg.system_prompts_b:
+    if cfg.instructions_b:
         (samples_a, samples_b), stats = sample_policy(
-            cfg.policy, cfg, prompts, [with_system(p, _system_b(cfg, i)) for i, p in enumerate(prompts)])
+            cfg.policy, cfg, prompts, [with_instruction(p, _instruction_b(cfg, i)) for i, p in enumerate(prompts)])
     else:
         (samples_a,), stats = sample_policy(cfg.policy, cfg, prompts)
         samples_b = samples_a

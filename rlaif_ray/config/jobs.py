@@ -54,9 +54,10 @@ class GeneratePairsJob:
     run_dir: str = field_("runs/generate-pairs", "outputs and effective config")
     policy: ModelConfig = field_(ModelConfig(), "policy that samples the responses")
     policy_b: ModelConfig | None = field_(None, "optional second policy for response_b")
-    system_prompts_b: list[str] = field_([], "response_b from the same policy under one of these system prompts "
-                                         "(cycled over the prompts): pairs that differ in what the judge judges, "
-                                         "e.g. a warm and a curt variant; the pair keeps the plain prompt")
+    instructions_b: list[str] = field_([], "response_b from the same policy with one of these appended to the "
+                                       "prompt's user turn (cycled over the prompts): pairs that differ in what "
+                                       "the judge judges, e.g. a warm and a rude variant; the pair keeps the "
+                                       "plain prompt")
     max_prompts: int | None = field_(None, "use at most this many prompts", ge=1)
     rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
     sampling: SamplingConfig = field_(SamplingConfig(n=2, temperature=1.0), "sampling: n samples per prompt "
@@ -65,10 +66,10 @@ class GeneratePairsJob:
     ray: RayConfig = field_(RayConfig(), "Ray cluster")
 
     def validate(self) -> None:
-        if self.policy_b is None and not self.system_prompts_b and self.sampling.n < 2:
+        if self.policy_b is None and not self.instructions_b and self.sampling.n < 2:
             raise ConfigError(f"sampling.n: {self.sampling.n} is below 2, the minimum for pairs from one policy")
-        if self.policy_b is not None and self.system_prompts_b:
-            raise ConfigError("system_prompts_b: response_b comes from policy_b or from system prompts, not both")
+        if self.policy_b is not None and self.instructions_b:
+            raise ConfigError("instructions_b: response_b comes from policy_b or from instructions, not both")
 
 
 @dataclass
@@ -222,15 +223,16 @@ class DemoJob:
     gold: GoldConfig = field_(GoldConfig(score_function="rlaif_ray.eval.gold:vader_sentiment", margin=0.1),
                               "a gold that is not the judge: VADER sentiment, a lexicon scorer that shares nothing "
                               "with a language model, for the friendly-tone rubric")
-    system_prompts_b: list[str] = field_(
-        ["Reply in a warm, kind and cheerful way.", "Reply in a cold, curt and grumpy way."],
-        "response_b of every pair comes from the policy under one of these (cycled), so the pairs differ in tone: "
-        "two samples of one small policy differ too little for any judge to rank")
+    instructions_b: list[str] = field_(
+        ["Please answer in a very warm, kind and cheerful way.",
+         "Answer rudely, like a grumpy, annoyed person who hates being asked."],
+        "response_b of every pair comes from the policy with one of these appended to the prompt (cycled), so "
+        "the pairs differ in tone: two samples of one small policy differ too little for any judge to rank")
     time_budget_min: float = field_(15.0, "wall-clock budget; PPO gets half of what is left after train-rm, "
                                     "the rest is for DPO and eval", gt=0)
     pair_prompts: int = field_(96, "training prompts sampled into pairs by generate-pairs", ge=4)
     eval_prompts: int = field_(48, "held-out prompts in the final evaluation", ge=4)
-    sampling: SamplingConfig = field_(SamplingConfig(temperature=1.0, max_new_tokens=48),
+    sampling: SamplingConfig = field_(SamplingConfig(temperature=0.7, max_new_tokens=48),
                                       "generation for pairs and PPO (eval is greedy)")
     rollout: RolloutConfig = field_(RolloutConfig(max_model_len=512), "rollout workers of every stage")
     rm_learner: LearnerConfig = field_(LearnerConfig(lr=2e-4, dtype="bf16", micro_batch_size=8, max_length=256),
