@@ -73,23 +73,12 @@ class Judge:
         return None
 
 
-class PointwiseJudge(Judge):
-    """protocol=pointwise: both responses of a task are scored alone under the rubric by `inner`, and
-    P(first > second) = sigmoid((s_first - s_second) / T). No response is shown beside another, so position
-    bias cannot enter; a (prompt, response) met twice in one call is scored once."""
+class _Wrapper(Judge):
+    """A judge that changes how `inner`'s pairwise verdicts are made (`judge_many`); scores pass through."""
 
     def __init__(self, inner: Judge):
         super().__init__(inner.cfg)
         self.inner, self.batched = inner, inner.batched
-
-    async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
-        from ..data import text_of
-
-        keys = [(text_of(t.prompt), text_of(r)) for t in tasks for r in (t.first, t.second)]
-        unique = list(dict.fromkeys(keys))
-        scored = dict(zip(unique, await self.inner.score_many(unique), strict=True))
-        return [verdict_of_scores(scored[keys[2 * i]], scored[keys[2 * i + 1]], self.cfg.pointwise_temperature)
-                for i in range(len(tasks))]
 
     async def judge(self, task: Task) -> Verdict:
         return (await self.judge_many([task]))[0]
@@ -104,7 +93,22 @@ class PointwiseJudge(Judge):
         await self.inner.close()
 
 
-class CalibratedJudge(Judge):
+class PointwiseJudge(_Wrapper):
+    """protocol=pointwise: both responses of a task are scored alone under the rubric by `inner`, and
+    P(first > second) = sigmoid((s_first - s_second) / T). No response is shown beside another, so position
+    bias cannot enter; a (prompt, response) met twice in one call is scored once."""
+
+    async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
+        from ..data import text_of
+
+        keys = [(text_of(t.prompt), text_of(r)) for t in tasks for r in (t.first, t.second)]
+        unique = list(dict.fromkeys(keys))
+        scored = dict(zip(unique, await self.inner.score_many(unique), strict=True))
+        return [verdict_of_scores(scored[keys[2 * i]], scored[keys[2 * i + 1]], self.cfg.pointwise_temperature)
+                for i in range(len(tasks))]
+
+
+class CalibratedJudge(_Wrapper):
     """calibrate=true (pairwise): P(first) moved by the judge's content-free prior, logit p - logit p0, where
     p0 = P(first) for the prompt and both responses "N/A" (asked once, then cached). A judge that leans to
     the first slot whatever it reads has that lean taken out of every soft label."""
@@ -112,8 +116,7 @@ class CalibratedJudge(Judge):
     CONTENT_FREE = Task("content-free", "N/A", "N/A", "N/A")
 
     def __init__(self, inner: Judge):
-        super().__init__(inner.cfg)
-        self.inner, self.batched = inner, inner.batched
+        super().__init__(inner)
         self.prior: float | None = None
         self._lock = asyncio.Lock()
 
@@ -134,18 +137,6 @@ class CalibratedJudge(Judge):
                 v.p_first = _sigmoid(_logit(v.p_first) - _logit(prior))
                 v.raw += f" [calibrated: content-free P(first)={prior:.6f}]"
         return verdicts
-
-    async def judge(self, task: Task) -> Verdict:
-        return (await self.judge_many([task]))[0]
-
-    async def score(self, prompt: Any, response: Any) -> ScoreResult:
-        return await self.inner.score(prompt, response)
-
-    async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
-        return await self.inner.score_many(items)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def _logit(p: float, eps: float = 1e-6) -> float:
