@@ -38,12 +38,10 @@ def gold_preferences(cfg: GoldConfig, pairs: Sequence) -> list[float | None]:
         return _from_file(cfg.file, pairs)
     if cfg.function is not None:
         fn = load_function(cfg.function, "gold.function")
-        out: list[float | None] = []
-        for p in pairs:
-            out.append(float(fn(text_of(p.prompt), text_of(p.response_a), text_of(p.response_b))))
-        return out
+        return [float(fn(text_of(p.prompt), text_of(p.response_a), text_of(p.response_b))) for p in pairs]
     fn = load_function(cfg.score_function, "gold.score_function")
-    return [_by_margin(fn(p.prompt, p.response_a), fn(p.prompt, p.response_b), cfg.margin) for p in pairs]
+    return [_by_margin(fn(text_of(p.prompt), text_of(p.response_a)), fn(text_of(p.prompt), text_of(p.response_b)),
+                       cfg.margin) for p in pairs]
 
 
 def gold_scores(cfg: GoldConfig, prompts: Sequence, answers: dict[str, list]) -> dict[str, list[float]] | None:
@@ -53,8 +51,8 @@ def gold_scores(cfg: GoldConfig, prompts: Sequence, answers: dict[str, list]) ->
     if cfg.score_function is None:
         return None
     fn = load_function(cfg.score_function, "gold.score_function")
-    return {m: [math.nan if a is None else float(fn(p.prompt, a)) for p, a in zip(prompts, ans, strict=True)]
-            for m, ans in answers.items()}
+    return {m: [math.nan if a is None else float(fn(text_of(p.prompt), text_of(a)))
+                for p, a in zip(prompts, ans, strict=True)] for m, ans in answers.items()}
 
 
 def _by_margin(s_a: float, s_b: float, margin: float) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import JudgeConfig, RetryConfig
 from .ratelimit import RateLimiter
-from .types import ScoreResult, Task, Verdict
+from .types import ScoreResult, Task, Usage, Verdict
 
 # Fields that change what a judge answers; the rest (prices, poll intervals, batching) do not.
 _ANSWER_FIELDS = ("model", "function", "score_function", "rubric", "cot", "temperature", "max_tokens")
@@ -150,8 +150,6 @@ def _sigmoid(x: float) -> float:
 
 def verdict_of_scores(first: ScoreResult, second: ScoreResult, temperature: float) -> Verdict:
     """One pairwise verdict from two pointwise scores (their usage and cost added; failed if either is)."""
-    from .types import Usage
-
     usage = Usage()
     usage.add(first.usage)
     usage.add(second.usage)
