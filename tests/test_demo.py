@@ -12,7 +12,7 @@ from rlaif_ray.config import DemoJob
 TINY = [
     "policy.path=tiny", "policy.dtype=fp32", "policy.lora.enabled=true",
     "judge.model=tiny", "judge.scale=ten",  # the tiny BPE splits Yes and No into two tokens each
-    "pair_prompts=16", "eval_prompts=8", "sampling.max_new_tokens=12",
+    "pair_prompts=24", "rm_val_fraction=0.1", "eval_prompts=8", "sampling.max_new_tokens=12",
     "rollout.in_process=true", "rollout.max_model_len=256",
     "rm_learner.micro_batch_size=2", "rm_learner.dtype=fp32", "rm_epochs=1",
     "learner.micro_batch_size=2", "learner.dtype=fp32",

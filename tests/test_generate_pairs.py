@@ -82,15 +82,17 @@ def test_instructed_variant_of_the_same_policy(ray_session, tmp_path):
     from rlaif_ray.data import read_pairs
 
     prompts_file = tmp_path / "prompts.jsonl"
-    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the cat", "a robot", "why?"]))
+    texts = ["the cat", "a robot", "why?", "the sea", "a tree", "how?"]
+    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
     systems = ["Be warm and kind.", "Be curt."]  # instructions
-    cfg = job(prompts_file, tmp_path, sampling=SamplingConfig(n=1, temperature=1.0, max_new_tokens=8),
+    cfg = job(prompts_file, tmp_path, sampling=SamplingConfig(n=1, temperature=1.0, max_new_tokens=16),
               instructions_b=systems)
     assert generate_pairs.run(cfg, argparse.Namespace()) == 0
     pairs = read_pairs(tmp_path / "run" / "pairs.jsonl")
     report = json.loads((tmp_path / "run" / "generate_pairs_report.json").read_text())
-    assert len(pairs) >= 2 and len(pairs) + report["identical_skipped"] == 3  # a random tiny model may repeat
-    expected = {"the cat": systems[0], "a robot": systems[1], "why?": systems[0]}  # cycled over the prompts
+    # a random tiny model may answer both the same way (skipped and counted); the rest are pairs
+    assert len(pairs) >= 2 and len(pairs) + report["identical_skipped"] == len(texts)
+    expected = {t: systems[i % 2] for i, t in enumerate(texts)}  # cycled over the prompts
     assert all(p.meta["instruction_b"] == expected[p.prompt] for p in pairs)
     assert with_instruction("q?", "Be kind.") == "q? Be kind."
     chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "q?"}]

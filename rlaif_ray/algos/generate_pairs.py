@@ -24,14 +24,19 @@ log = logging.getLogger(__name__)
 
 def sample_policy(model_cfg, cfg: GeneratePairsJob, *prompt_sets: list) -> tuple[list, dict]:
     """Start a RolloutPool on the policy, generate every prompt set on it, shut it down; (samples per prompt
-    of each set, pool stats)."""
+    of each set, pool stats). Set k samples with seed + k: independent draws, not the same random numbers
+    pushed through two prompts."""
+    import dataclasses
+
     from ..models import resolve_model_path
     from ..rollout import RolloutPool
 
     path = resolve_model_path(model_cfg)
     pool = RolloutPool(path, cfg.rollout, model_cfg.seed, model_cfg.dtype, cfg.ray.placement_strategy)
     try:
-        return [pool.generate(prompts, cfg.sampling) for prompts in prompt_sets], dict(pool.stats)
+        seed = cfg.sampling.seed
+        return [pool.generate(prompts, dataclasses.replace(cfg.sampling, seed=None if seed is None else seed + k))
+                for k, prompts in enumerate(prompt_sets)], dict(pool.stats)
     finally:
         pool.shutdown()
 
