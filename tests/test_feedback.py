@@ -226,14 +226,16 @@ def test_every_fault_class_is_retried_and_paid_once(fake, kind):
     # timeout_s sits well below the injected 6 s hang and well above a normal call on a busy machine.
     retry = RetryConfig(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, retry_after_cap_s=0.1, timeout_s=3.0)
     j = _judge(fake, kind, retry=retry)
-    tasks = [Task(f"p{i}", "q", f"resp {i}", f"other {i}") for i in range(40)]
+    tasks = [Task(f"p{i}", "q", f"resp {i}", f"other {i}") for i in range(80)]  # every slice gets some
     verdicts = _many(j, tasks)
     assert all(v.ok for v in verdicts), [v.error for v in verdicts if not v.ok]
     stats = fake.stats()
     seen = {k.removeprefix("fault-") for k in stats["requests"] if k.startswith("fault-")}
     assert seen == {f["kind"] for f in FAULTS}, stats
     probe = kind == "openai"  # the OpenAI judge's one constraint probe (constrain=auto)
-    assert stats["billable"] == 40 + probe and stats["repaid"] == 0
+    malformed = stats["requests"]["fault-malformed"]  # a truncated 200 body is billed, then bought again
+    assert stats["billable"] == 80 + probe + malformed and stats["repaid"] == malformed
+    assert stats["repaid_after_delivery"] == 0
     assert min(v.attempts for v in verdicts) == 1 and max(v.attempts for v in verdicts) >= 2
 
 

@@ -44,7 +44,7 @@ def run(cfg: LabelJob, args) -> int:
     summary = {"output": str(output), "judge": jid, "judge_config_hash": chash, "interrupted": pending.interrupted,
                "calls_total": len(pending.tasks), "calls_run": len(pending.todo), "seconds": round(seconds, 3),
                "calls_per_s": round(len(new_records) / seconds, 3) if seconds > 0 else None,
-               **stats, "cost_run": cost_of(new_records), "cost_cumulative": cost_of(store.records()),
+               **stats, "cost_run": cost_of(new_records), "cost_cumulative": cost_of(store.ledger()),
                "prices_per_mtok": prices_of(jcfg),
                "pool": run_summary, "nodes": pending.nodes, "torn_lines": store.torn_lines}
     if cfg.gold.enabled:

@@ -54,8 +54,12 @@ class RetryConfig:
     max_attempts: int = field_(6, "attempts per request before it is stored as failed", ge=1)
     base_delay_s: float = field_(0.5, "first backoff delay; doubles each attempt, with jitter", ge=0)
     max_delay_s: float = field_(30.0, "cap of one backoff delay", ge=0)
-    retry_after_cap_s: float = field_(60.0, "cap on a server's retry-after", ge=0)
-    timeout_s: float = field_(120.0, "per-request timeout", gt=0)
+    retry_after_cap_s: float = field_(30.0, "cap on a server's retry-after for one request (a longer one, e.g. "
+                                      "an hour, would stall that call; the shared limiter paces the budget)", ge=0)
+    timeout_s: float = field_(120.0, "per-attempt timeout, from when the request is sent (a wait for a "
+                              "rate-limit slot is not part of it)", gt=0)
+    max_wait_s: float = field_(900.0, "longest one request keeps retrying; 429/529 (capacity, not failure) are "
+                               "retried until then whatever max_attempts says", gt=0)
 
 
 @dataclass
@@ -88,7 +92,11 @@ class JudgeConfig:
                                "pointwise label shows no order, so one call per response)")
     samples: int = field_(1, "samples per order (soft labels from votes when no logprobs)", ge=1)
     temperature: float = field_(0.0, "sampling temperature of the judge", ge=0)
-    max_tokens: int = field_(16, "max output tokens per verdict (raised automatically for CoT)", ge=1)
+    max_tokens: int | None = field_(None, "max output tokens per answer; None: 64 (room for a sentence before "
+                                    "'Verdict: A'), 512 with CoT; kind=local reads next-token logprobs and ignores it",
+                                    ge=1)
+    reask: int = field_(2, "re-ask an answer that holds no verdict (prose, empty, cut off) up to this many "
+                        "times in the same run, with a stricter format reminder; each re-ask is billed", ge=0)
     prompt_caching: bool = field_(True, "mark the rubric system prefix for Anthropic prompt caching")
     price_per_mtok: dict[str, float] | None = field_(
         None, "USD per million tokens by kind (input, output, cache_write, cache_read; batches cost half). "

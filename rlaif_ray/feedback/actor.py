@@ -1,6 +1,6 @@
 """FeedbackActor: one Ray async actor of the pool. It runs a judge on its own event loop with up to
-`max_in_flight` calls at once (a slow call holds one slot, never the others), shares the pool's rate
-limit, and writes every verdict to its own fsync'd shard before reporting it."""
+`max_in_flight` calls at once (a slow call holds one slot, never the others), draws every request from the
+pool's one rate budget, and writes every verdict to its own fsync'd shard before reporting it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import FeedbackPoolConfig
 from .judges import judge_id, make_judge
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SharedLimiter
 from .store import GroupCommitWriter, ShardWriter, record_of
 from .types import Task, Usage
 
@@ -36,18 +36,20 @@ class FeedbackActor:
     """Wrapped with `ray.remote(max_restarts=..)` by FeedbackPool; also usable in-process in tests."""
 
     def __init__(self, cfg: FeedbackPoolConfig, labels_dir: str | None, config_hash: str, index: int, share: float,
-                 secrets: Secrets | None = None):
+                 secrets: Secrets | None = None, budget=None):
         for name, value in (secrets or {}).items():  # API keys live only in this process's environment
             os.environ[name] = value
         self.cfg, self.config_hash, self.index = cfg, config_hash, index
-        self.labels_dir, self.share = labels_dir, share
+        self.labels_dir, self.share, self.budget = labels_dir, share, budget
         self.judge = None
         self.writer: GroupCommitWriter | None = None
         self.stopping = False
 
     async def _ready(self) -> None:
         if self.judge is None:  # built on the actor's loop: async SDK clients bind to it
-            self.limiter = RateLimiter(self.cfg.rate_limit, self.share)
+            # The pool's one budget (a Ray actor) when there is one; else this actor's share of the limits.
+            self.limiter = (SharedLimiter(self.budget) if self.budget is not None
+                            else RateLimiter(self.cfg.rate_limit, self.share))
             self.sem = asyncio.Semaphore(self.cfg.max_in_flight)
             self.judge = make_judge(self.cfg.judge, self.cfg.retry, self.limiter)
             if self.labels_dir:
@@ -70,14 +72,16 @@ class FeedbackActor:
     async def label(self, tasks: list[Task]) -> dict[str, Any]:
         """Judge and store every task; returns counts, tokens and dollars of this shard."""
         await self._ready()
-        summary = {"ok": 0, "failed": 0, "skipped": 0, "usage": Usage(), "cost_usd": 0.0}
+        summary = {"ok": 0, "failed": 0, "skipped": 0, "usage": Usage(), "cost_usd": 0.0, "estimated_usd": 0.0,
+                   "attempts": 0, "reasks": 0}
         jid = judge_id(self.cfg.judge)
 
         async def store(task, verdict):
             await self.writer.put(record_of(task, verdict, self.config_hash, jid, self.writer.writer.name))
             summary["ok" if verdict.ok else "failed"] += 1
             summary["usage"].add(verdict.usage)
-            summary["cost_usd"] += verdict.cost_usd
+            for k in ("cost_usd", "estimated_usd", "attempts", "reasks"):
+                summary[k] += getattr(verdict, k)
 
         async def one(task: Task):
             async with self.sem:

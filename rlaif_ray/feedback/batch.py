@@ -62,7 +62,7 @@ class BatchLabeler:
         os.replace(tmp, self.state_path)
 
     async def _api(self, fn, *args, **kwargs):
-        result, _ = await with_retry(lambda: fn(*args, **kwargs), self.retry)
+        result, _, _ = await with_retry(lambda: fn(*args, **kwargs), self.retry)
         return result
 
     def _requests(self, t: Task) -> list[tuple[list, dict]]:

@@ -24,13 +24,14 @@ from .parsing import (
     score_from_logprobs,
     yes_no_from_logprobs,
 )
-from .prompts import pair_system, pair_user, score_system, score_user
+from .prompts import pair_answer, pair_system, pair_user, reask_user, score_answer, score_system, score_user
 from .ratelimit import RateLimiter
 from .retry import GaveUp, with_retry
 from .rubrics import load_rubric
 from .types import ScoreResult, Task, Usage, Verdict
 
 COT_MIN_TOKENS = 512
+DEFAULT_MAX_TOKENS = 64  # room for a short sentence before "Verdict: A"; only generated tokens are billed
 VERDICTS, SCORES, YES_NO = ("A", "B"), tuple(str(i) for i in range(1, 11)), ("Yes", "No")  # answers a judge may give
 
 
@@ -48,58 +49,92 @@ def _aiohttp_client(sdk):
 
 
 class _APIJudge(Judge):
-    """Shared call path: limiter token, SDK call with raw headers, our retry, failure as a value."""
+    """Shared call path: rate-limit slot, SDK call with raw headers, our retry, a re-ask when the answer
+    holds no verdict, and every billed attempt in the answer's cost; failure as a value."""
+
+    caches_system = False  # the system prefix is billed as a prompt-cache read (estimates of lost answers)
 
     def __init__(self, cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None):
         super().__init__(cfg)
         self.retry, self.limiter = retry, limiter
         self.rubric = load_rubric(cfg.rubric)
-        self.max_tokens = max(cfg.max_tokens, COT_MIN_TOKENS) if cfg.cot else cfg.max_tokens
+        self.max_tokens = cfg.max_tokens or (COT_MIN_TOKENS if cfg.cot else DEFAULT_MAX_TOKENS)
+        if cfg.cot:
+            self.max_tokens = max(self.max_tokens, COT_MIN_TOKENS)
         self.answer_format: str | None = None  # set by judges that constrain their answers
+        self._output = [0, 0]  # output tokens and answers delivered: a lost answer's output estimate
+        self._cache_written = False  # a delivered (or estimated) answer has written the system prefix cache
 
     async def _call(self, create, params: dict, est_input: int):
-        async def attempt():
-            if self.limiter is not None:
-                await self.limiter.acquire(est_input, self.max_tokens)
+        """(response, attempts, lost): the wait for a slot is outside each attempt's timeout."""
+        async def send():
             raw = await create(**params)
             if self.limiter is not None:
                 self.limiter.observe(raw.headers)
             parsed = raw.parse()  # the async SDKs return a coroutine; a malformed body raises here (retried)
             return await parsed if inspect.isawaitable(parsed) else parsed
 
-        return await with_retry(attempt, self.retry, self.limiter)
+        acquire = None if self.limiter is None else lambda: self.limiter.acquire(est_input, self.max_tokens)
+        return await with_retry(send, self.retry, acquire, self.limiter)
+
+    def _lost_usage(self, system: str, user: str, n: int) -> Usage:
+        """Estimated tokens of `n` billed attempts whose answer never arrived."""
+        if n == 0:
+            return Usage()
+        out = round(self._output[0] / self._output[1]) if self._output[1] else 1
+        sys_t, user_t = _estimate_tokens(system), _estimate_tokens(user)
+        if not self.caches_system:
+            return Usage(input=n * (user_t + sys_t), output=n * out)
+        writes = 0 if self._cache_written else 1  # the first call of a prefix writes the cache, later ones read
+        self._cache_written = True
+        return Usage(input=n * user_t, output=n * out, cache_write=writes * sys_t, cache_read=(n - writes) * sys_t)
+
+    async def _ask(self, system: str, user: str, answers: tuple[str, ...], answer_line: str, read):
+        """Ask, and re-ask with a stricter format reminder (up to `reask` times) while the answer holds no
+        verdict. Returns (value or None, the JudgeOutput fields, attempts): cost covers every billed call."""
+        usage, lost_usage, attempts, reasks = Usage(), Usage(), 0, 0
+        value, text, error = None, "", None
+        for k in range(self.cfg.reask + 1):
+            asked = user if k == 0 else reask_user(user, answer_line)
+            reasks += k > 0
+            try:
+                response, n, lost = await self._request(system, asked, answers)
+            except GaveUp as e:
+                attempts += e.attempts
+                lost_usage.add(self._lost_usage(system, asked, e.lost))
+                error = str(e)
+                break
+            attempts += n
+            lost_usage.add(self._lost_usage(system, asked, lost))
+            got = self._usage(response)
+            usage.add(got)
+            self._cache_written |= got.cache_write > 0
+            self._output[0] += got.output
+            self._output[1] += 1
+            text = self._text(response)
+            try:
+                value, error = read(response, text), None
+                break
+            except ParseError as e:
+                error = f"ParseError: {e}"
+        prices = prices_of(self.cfg)
+        estimated = cost_usd(lost_usage, prices)
+        fields = {"raw": text, "rationale": rationale_of(text), "usage": usage, "error": error, "reasks": reasks,
+                  "cost_usd": cost_usd(usage, prices) + estimated, "estimated_usd": estimated,
+                  "answer_format": self.answer_format}
+        return value, fields, attempts
 
     async def judge(self, task: Task) -> Verdict:
         system, user = pair_system(self.rubric, self.cfg.cot), pair_user(task.prompt, task.first, task.second)
-        try:
-            response, attempts = await self._request(system, user, VERDICTS)
-        except GaveUp as e:
-            return Verdict(None, error=str(e), attempts=e.attempts)
-        usage, text = self._usage(response), self._text(response)
-        v = Verdict(None, raw=text, rationale=rationale_of(text), usage=usage,
-                    cost_usd=cost_usd(usage, prices_of(self.cfg)), attempts=attempts,
-                    answer_format=self.answer_format)
-        try:
-            v.p_first = self._p_first(response, text)
-        except ParseError as e:
-            v.error = f"ParseError: {e}"
-        return v
+        value, fields, attempts = await self._ask(system, user, VERDICTS, pair_answer(self.cfg.cot), self._p_first)
+        return Verdict(value, attempts=attempts, **fields)
 
     async def score(self, prompt: Any, response_text: Any) -> ScoreResult:
         scale = self.cfg.scale
         system, user = score_system(self.rubric, self.cfg.cot, scale), score_user(prompt, response_text, scale)
-        try:
-            response, _ = await self._request(system, user, YES_NO if scale == "yes_no" else SCORES)
-        except GaveUp as e:
-            return ScoreResult(None, error=str(e), scale=scale)
-        usage, text = self._usage(response), self._text(response)
-        r = ScoreResult(None, raw=text, rationale=rationale_of(text), usage=usage, scale=scale,
-                        cost_usd=cost_usd(usage, prices_of(self.cfg)), answer_format=self.answer_format)
-        try:
-            r.score = self._score(response, text)
-        except ParseError as e:
-            r.error = f"ParseError: {e}"
-        return r
+        value, fields, attempts = await self._ask(system, user, YES_NO if scale == "yes_no" else SCORES,
+                                                  score_answer(self.cfg.cot, scale), self._score)
+        return ScoreResult(value, scale=scale, attempts=attempts, **fields)
 
 
 class AnthropicJudge(_APIJudge):
@@ -113,8 +148,9 @@ class AnthropicJudge(_APIJudge):
         key = os.environ.get("ANTHROPIC_API_KEY")
         if not key:
             raise RuntimeError("ANTHROPIC_API_KEY is not set: export it in the environment (never in a config)")
+        self.caches_system = cfg.prompt_caching
         self.client = anthropic.AsyncAnthropic(api_key=key, base_url=cfg.base_url, max_retries=0,
-                                               timeout=retry.timeout_s, http_client=_aiohttp_client(anthropic))
+                                               timeout=retry.timeout_s + 5, http_client=_aiohttp_client(anthropic))
 
     def params(self, system: str, user: str) -> dict:
         block: dict[str, Any] = {"type": "text", "text": system}
@@ -166,7 +202,7 @@ class OpenAIJudge(_APIJudge):
 
         # Local servers (vLLM, Ollama, llama.cpp) accept any key; the SDK insists on one being set.
         key = os.environ.get("OPENAI_API_KEY") or "no-key"
-        self.client = openai.AsyncOpenAI(api_key=key, base_url=cfg.base_url, max_retries=0, timeout=retry.timeout_s,
+        self.client = openai.AsyncOpenAI(api_key=key, base_url=cfg.base_url, max_retries=0, timeout=retry.timeout_s + 5,
                                          http_client=_aiohttp_client(openai))
         self.answer_format = "none" if cfg.cot else None if cfg.constrain == "auto" else cfg.constrain
         self._probing: asyncio.Lock | None = None
@@ -200,7 +236,7 @@ class OpenAIJudge(_APIJudge):
         for fmt in ("choice", "json_schema"):
             params = self._params("Answer the question.", "Say hello.", VERDICTS, fmt)
             try:
-                response, _ = await self._call(self.client.chat.completions.with_raw_response.create, params, 8)
+                response, _, _ = await self._call(self.client.chat.completions.with_raw_response.create, params, 8)
             except GaveUp:
                 continue
             if _answer_of(self._text(response), fmt) in VERDICTS:

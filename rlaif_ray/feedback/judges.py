@@ -38,6 +38,9 @@ def config_hash(cfg: JudgeConfig) -> str:
               if k in _ANSWER_FIELDS or (k in _LATER_ANSWER_FIELDS and v != _LATER_ANSWER_FIELDS[k])}
     fields["kind"] = "anthropic" if cfg.kind == "anthropic-batch" else cfg.kind
     fields["rubric"] = load_rubric(cfg.rubric)
+    if fields["max_tokens"] is None:  # the default was 16: a bigger budget only completes answers 16 cut off,
+        fields["max_tokens"] = 16     # so a store labeled then keeps its hash and its ok labels
+
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -118,18 +121,23 @@ class CalibratedJudge(_Wrapper):
     def __init__(self, inner: Judge):
         super().__init__(inner)
         self.prior: float | None = None
+        self._unbilled: Verdict | None = None  # the content-free call, until its cost joins a stored verdict
         self._lock = asyncio.Lock()
 
     async def _prior(self) -> float | None:
         async with self._lock:
             if self.prior is None:
                 v = (await self.inner.judge_many([self.CONTENT_FREE]))[0]
-                self.prior = v.p_first if v.ok else None
+                self.prior, self._unbilled = (v.p_first if v.ok else None), v
             return self.prior
 
     async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
         prior = await self._prior()
         verdicts = await self.inner.judge_many(tasks)
+        if self._unbilled is not None and verdicts:  # the ledger counts every billed call
+            verdicts[0].cost_usd += self._unbilled.cost_usd
+            verdicts[0].usage.add(self._unbilled.usage)
+            self._unbilled = None
         for v in verdicts:
             if v.ok and prior is None:
                 v.p_first, v.error = None, "calibrate: the content-free call failed"
@@ -156,7 +164,9 @@ def verdict_of_scores(first: ScoreResult, second: ScoreResult, temperature: floa
     rationale = "\n---\n".join(r.rationale for r in (first, second) if r.rationale) or None
     v = Verdict(None, raw=f"{first.raw}\n---\n{second.raw}", rationale=rationale, usage=usage,
                 cost_usd=first.cost_usd + second.cost_usd, answer_format=first.answer_format,
-                error=first.error or second.error, scores=[first.score, second.score])
+                error=first.error or second.error, scores=[first.score, second.score],
+                attempts=first.attempts + second.attempts, reasks=first.reasks + second.reasks,
+                estimated_usd=first.estimated_usd + second.estimated_usd)
     if v.error is None and first.score is not None and second.score is not None:
         v.p_first = _sigmoid((first.score - second.score) / temperature)
     elif v.error is None:

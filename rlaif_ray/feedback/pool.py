@@ -37,10 +37,11 @@ class FeedbackPool:
         self.cfg, self.run_dir, self.config_hash = cfg, run_dir, config_hash
         self.store = LabelStore(run_dir) if run_dir else None
         k, labels_dir, secrets = cfg.num_actors, str(self.store.dir) if self.store else None, Secrets.from_env()
+        self.budget = _budget(cfg) if _api_kind(cfg) else None  # one rate budget for every actor, any node
         self.group = ActorGroup(FeedbackActor, k, {"CPU": cpus_per_actor}, name="feedback", kind="feedback actor",
                                 timeout_s=cfg.timeout_s, strategy=ray_cfg.placement_strategy,
                                 options={"max_restarts": max_restarts, "max_concurrency": 1000},
-                                args=lambda i: (cfg, labels_dir, config_hash, i, 1.0 / k, secrets))
+                                args=lambda i: (cfg, labels_dir, config_hash, i, 1.0 / k, secrets, self.budget))
         self.actors = self.group.actors
         self._nodes = self.group.call("info")
         self.stop_requested = False
@@ -62,7 +63,8 @@ class FeedbackPool:
         running: dict[Any, tuple[int, list[Task]]] = {}
         load = [0] * len(self.actors)
         failures = [0] * len(self.actors)
-        totals = {"ok": 0, "failed": 0, "skipped": 0, "cost_usd": 0.0, "requeued_shards": 0,
+        totals = {"ok": 0, "failed": 0, "skipped": 0, "cost_usd": 0.0, "estimated_usd": 0.0, "attempts": 0,
+                  "reasks": 0, "requeued_shards": 0,
                   "usage": {"input": 0, "output": 0, "cache_write": 0, "cache_read": 0}}
         while queue or running:
             if not self.stop_requested:
@@ -93,12 +95,13 @@ class FeedbackPool:
                         totals["requeued_shards"] += 1
                     continue
                 failures[i] = 0
-                for k in ("ok", "failed", "skipped", "cost_usd"):
+                for k in ("ok", "failed", "skipped", "cost_usd", "estimated_usd", "attempts", "reasks"):
                     totals[k] += s[k]
                 for k, v in s["usage"].items():
                     totals["usage"][k] += v
         if on_progress is not None:
             on_progress()
+        totals["limiter"] = self.limiter()
         return totals
 
     def _backlog(self) -> int:
@@ -148,5 +151,28 @@ class FeedbackPool:
     def score_details(self, items: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
         return self._spread("score", items)
 
+    def limiter(self) -> dict[str, Any] | None:
+        """What the shared rate budget learned (429s heard, limits read from headers, current rate)."""
+        import ray
+
+        return None if self.budget is None else ray.get(self.budget.snapshot.remote(), timeout=30)
+
     def shutdown(self) -> None:
+        import ray
+
         self.group.shutdown()
+        if self.budget is not None:
+            ray.kill(self.budget)
+
+
+def _api_kind(cfg: FeedbackPoolConfig) -> bool:
+    return cfg.judge.kind in ("anthropic", "anthropic-batch", "openai")
+
+
+def _budget(cfg: FeedbackPoolConfig):
+    """The pool's RateLimiter as an async Ray actor: it holds no CPU and serves every actor's `acquire`."""
+    import ray
+
+    from .ratelimit import RateLimiter
+
+    return ray.remote(RateLimiter).options(num_cpus=0, max_concurrency=100_000).remote(cfg.rate_limit)

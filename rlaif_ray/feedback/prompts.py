@@ -28,14 +28,31 @@ YES_NO_ANSWER_COT = ("\nFirst explain your reasoning briefly inside <rationale><
                      "last line, write 'Answer: Yes' or 'Answer: No'.")
 
 
+REASK = "\n\nYour previous reply to this held no clear answer; reply again in the required format."
+
+
+def pair_answer(cot: bool) -> str:
+    return PAIR_ANSWER_COT if cot else PAIR_ANSWER
+
+
+def score_answer(cot: bool, scale: str = "ten") -> str:
+    if scale == "yes_no":
+        return YES_NO_ANSWER_COT if cot else YES_NO_ANSWER
+    return SCORE_ANSWER_COT if cot else SCORE_ANSWER
+
+
+def reask_user(user: str, answer: str) -> str:
+    """The user turn again, with a stricter reminder of the answer format (a re-ask of an answer without
+    a verdict; the system prefix stays the same, so the prompt cache still serves it)."""
+    return user + REASK + answer
+
+
 def pair_system(rubric: str, cot: bool) -> str:
-    return rubric + PAIR_INSTRUCTIONS + (PAIR_ANSWER_COT if cot else PAIR_ANSWER)
+    return rubric + PAIR_INSTRUCTIONS + pair_answer(cot)
 
 
 def score_system(rubric: str, cot: bool, scale: str = "ten") -> str:
-    if scale == "yes_no":
-        return rubric + YES_NO_INSTRUCTIONS + (YES_NO_ANSWER_COT if cot else YES_NO_ANSWER)
-    return rubric + SCORE_INSTRUCTIONS + (SCORE_ANSWER_COT if cot else SCORE_ANSWER)
+    return rubric + (YES_NO_INSTRUCTIONS if scale == "yes_no" else SCORE_INSTRUCTIONS) + score_answer(cot, scale)
 
 
 def pair_user(prompt: Any, first: Any, second: Any) -> str:

@@ -1,25 +1,46 @@
-"""Client-side rate limiter: token buckets for requests, input tokens and output tokens per minute, fed by
-the server's `anthropic-ratelimit-*` headers and by 429 `retry-after` pauses.
+"""Client-side rate limiter: token buckets for requests, input tokens and output tokens per minute that
+learn the server's real limits.
 
-Each bucket holds about one second of budget, so the pool runs at a steady rate instead of bursting into
-429s; a pool of K actors gives each actor 1/K of the budget.
+- Each bucket holds about one second of budget, so the pool runs at a steady rate instead of bursting into
+  429s (the Anthropic docs: limits may be enforced over short intervals, 60 RPM as 1 per second).
+- `observe(headers)` after every response: a server limit below the configured one (`anthropic-ratelimit-
+  requests-limit`, OpenAI's `x-ratelimit-limit-requests`) replaces it; a budget the headers say is spent
+  (`-remaining: 0`) holds every request until its `-reset`, so none is sent that would be refused.
+- `refused(headers)` on a 429: one that carries no rate-limit headers, or headers saying the budget is
+  spent, is congestion: the rate is cut (multiplicative decrease, at most once a second) and grows back
+  linearly over `RECOVER_S` (AIMD). A 429 whose headers show budget left is not about the shared budget
+  (one request's retry-after): it delays only that request (retry.py).
+
+One limiter serves a whole pool: `FeedbackPool` runs it as a Ray actor and every FeedbackActor, on any
+node, draws from it through `SharedLimiter`; in-process tests use a `RateLimiter` directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import datetime
 
 from ..config import RateLimitConfig
 
+DECREASE = 0.7       # rate factor on a congestion 429
+MIN_SCALE = 0.05     # the rate never drops below this fraction of the limit
+RECOVER_S = 20.0     # seconds to grow back from MIN_SCALE to the full limit
+MAX_HOLD_S = 60.0    # cap on a reset time read from headers
+_KINDS = {"requests": "requests", "input": "input-tokens", "output": "output-tokens"}
+
 
 class _Bucket:
     def __init__(self, per_min: float):
-        self.rate = per_min / 60.0
-        self.capacity = max(1.0, self.rate)
-        self.level = self.capacity
+        self.limit = self.rate = per_min / 60.0
+        self.level = self.capacity = max(1.0, self.rate)
         self.t = time.monotonic()
+
+    def set_rate(self, rate: float) -> None:
+        self.deficit(0.0)  # bank what accrued at the old rate
+        self.rate, self.capacity = rate, max(1.0, rate)
+        self.level = min(self.level, self.capacity)
 
     def deficit(self, amount: float) -> float:
         """Seconds until `amount` is available (0: available now). A request bigger than a second's budget
@@ -33,14 +54,38 @@ class _Bucket:
         self.level -= min(amount, self.capacity)
 
 
+def ratelimit_headers(headers) -> dict[str, str]:
+    """The rate-limit headers of a response (plain dict, small enough to send to the shared limiter)."""
+    if headers is None:
+        return {}
+    return {k.lower(): v for k, v in headers.items() if "ratelimit" in k.lower()}
+
+
+def _reset_s(value: str) -> float | None:
+    """Seconds until a reset: an RFC 3339 time (Anthropic) or a duration like '1s', '6m0s', '20ms' (OpenAI)."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - time.time()
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value)
+    if not parts:
+        return None
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
 class RateLimiter:
-    """`await limiter.acquire(input_tokens, output_tokens)` before each request; `observe(headers)` after."""
+    """`await limiter.acquire(input_tokens, output_tokens)` before each request; `observe(headers)` after a
+    response, `refused(headers)` after a 429. `share` splits the budget when each caller has its own."""
 
     def __init__(self, cfg: RateLimitConfig, share: float = 1.0):
         self.buckets = {name: _Bucket(per_min * share) for name, per_min in
                         (("requests", cfg.requests_per_min), ("input", cfg.input_tokens_per_min),
                          ("output", cfg.output_tokens_per_min)) if per_min > 0}
+        self.share = share
+        self.scale, self._scale_t, self._last_cut = 1.0, time.monotonic(), 0.0
         self.blocked_until = 0.0
+        self.stats = {"acquired": 0, "congestion_429": 0, "holds": 0, "learned_limit": {}}
         self._lock = asyncio.Lock()
 
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
@@ -50,32 +95,89 @@ class RateLimiter:
                 if pause > 0:
                     await asyncio.sleep(pause)
                     continue
+                self._recover()
                 wanted = {"requests": 1, "input": input_tokens, "output": output_tokens}
                 wait = max((b.deficit(wanted[n]) for n, b in self.buckets.items()), default=0.0)
                 if wait <= 0:
                     for n, b in self.buckets.items():
                         b.take(wanted[n])
+                    self.stats["acquired"] += 1
                     return
                 await asyncio.sleep(wait)
 
-    def pause(self, seconds: float) -> None:
-        """Stop every caller of this limiter for `seconds` (a server's retry-after)."""
-        self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
+    def hold(self, seconds: float) -> None:
+        """Send nothing for `seconds` (a budget the server says is spent until its reset)."""
+        self.blocked_until = max(self.blocked_until, time.monotonic() + min(MAX_HOLD_S, max(0.0, seconds)))
+        self.stats["holds"] += 1
 
-    def observe(self, headers) -> None:
-        """Honour `anthropic-ratelimit-{requests,input-tokens,output-tokens}-remaining/-reset`: when a
-        budget is exhausted, wait until its reset time."""
-        if headers is None:
-            return
-        for kind in ("requests", "input-tokens", "output-tokens", "tokens"):
-            remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
-            reset = headers.get(f"anthropic-ratelimit-{kind}-reset")
-            if remaining is None or reset is None:
-                continue
+    def observe(self, headers) -> bool:
+        """Learn from a response's rate-limit headers; True when they say a budget is spent."""
+        headers = ratelimit_headers(headers)
+        spent = False
+        for name, kind in _KINDS.items():
+            limit = headers.get(f"anthropic-ratelimit-{kind}-limit") or headers.get(f"x-ratelimit-limit-{kind}")
+            remaining = (headers.get(f"anthropic-ratelimit-{kind}-remaining")
+                         or headers.get(f"x-ratelimit-remaining-{kind}"))
+            reset = headers.get(f"anthropic-ratelimit-{kind}-reset") or headers.get(f"x-ratelimit-reset-{kind}")
+            bucket = self.buckets.get(name)
             try:
-                if int(remaining) > 0:
-                    continue
-                until = datetime.fromisoformat(reset.replace("Z", "+00:00")).timestamp()
+                if limit is not None and bucket is not None and float(limit) * self.share / 60.0 < bucket.limit:
+                    bucket.limit = float(limit) * self.share / 60.0  # per minute, like ours
+                    self.stats["learned_limit"][name] = float(limit)
+                    self._apply_scale()
+                if remaining is not None and reset is not None and float(remaining) < 1:
+                    wait = _reset_s(reset)
+                    if wait is not None:
+                        self.hold(wait)
+                        spent = True
             except ValueError:
                 continue
-            self.pause(min(60.0, max(0.0, until - time.time())))
+        return spent
+
+    def refused(self, headers) -> None:
+        """A 429. Congestion (no rate-limit headers, or a spent budget): cut the rate. Otherwise (budget
+        left, per the headers) it concerns one request and the caller's own backoff handles it."""
+        rl = ratelimit_headers(headers)
+        if rl and not self.observe(rl):
+            return
+        now = time.monotonic()
+        self.stats["congestion_429"] += 1
+        if now - self._last_cut >= 1.0:  # one cut per second: the 429s of one burst are one signal
+            self._recover()
+            self.scale, self._last_cut = max(MIN_SCALE, self.scale * DECREASE), now
+            self._apply_scale()
+
+    def _recover(self) -> None:
+        now = time.monotonic()
+        if self.scale < 1.0:
+            self.scale = min(1.0, self.scale + (now - self._scale_t) * (1.0 - MIN_SCALE) / RECOVER_S)
+            self._apply_scale()
+        self._scale_t = now
+
+    def _apply_scale(self) -> None:
+        for b in self.buckets.values():
+            b.set_rate(b.limit * self.scale)
+
+    def snapshot(self) -> dict:
+        """What the limiter has learned (for the run summary and the benchmark)."""
+        return {**self.stats, "scale": round(self.scale, 3),
+                "requests_per_min": round(self.buckets["requests"].rate * 60, 1) if "requests" in self.buckets else 0}
+
+
+class SharedLimiter:
+    """The pool's one RateLimiter, living in a Ray actor, seen from a FeedbackActor: `acquire` waits for
+    the actor's grant; `observe`/`refused` are sent without waiting."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        await self.handle.acquire.remote(input_tokens, output_tokens)
+
+    def observe(self, headers) -> None:
+        rl = ratelimit_headers(headers)
+        if rl:
+            self.handle.observe.remote(rl)
+
+    def refused(self, headers) -> None:
+        self.handle.refused.remote(ratelimit_headers(headers))

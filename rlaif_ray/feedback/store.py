@@ -3,7 +3,9 @@ incarnation or driver), each record fsync'd before it counts. The index maps
 (pair id, judge config hash, order, sample) to the record; it is rebuilt by reading the shards
 (incrementally: `refresh()` reads only new bytes), and a torn last line from a killed writer is skipped.
 
-A stored "ok" record is final; a "failed" one (error kept) is retried by the next run.
+A stored "ok" record is final; a "failed" one (error kept) is retried by the next run. The index keeps
+the newest record per key; the ledger keeps the cost of every record ever written (a failed call replaced
+by a later ok one was billed too), so cumulative cost is what the provider billed.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class LabelStore:
         self._offsets: dict[Path, int] = {}
         self.torn_lines = 0
         self.totals: dict[str, dict[str, float]] = {}  # config hash -> ok / failed / cost_usd (progress)
+        self._billed: dict[str, list[dict[str, Any]]] = {}  # config hash -> cost fields of every record read
 
     def refresh(self) -> int:
         """Read new complete lines of every shard; returns how many records were new."""
@@ -112,6 +115,9 @@ class LabelStore:
         return new
 
     def _add(self, rec: dict[str, Any]) -> int:
+        self._billed.setdefault(rec["config_hash"], []).append(
+            {k: rec.get(k, d) for k, d in (("usage", {}), ("cost_usd", 0.0), ("estimated_usd", 0.0),
+                                           ("attempts", 1), ("reasks", 0))})
         key = key_of(rec)
         old = self.index.get(key)
         if old is not None and old["status"] == "ok":
@@ -120,10 +126,13 @@ class LabelStore:
         t = self.totals.setdefault(rec["config_hash"], {"ok": 0, "failed": 0, "cost_usd": 0.0})
         if old is not None:
             t["failed"] -= 1
-            t["cost_usd"] -= old["cost_usd"]
         t["ok" if rec["status"] == "ok" else "failed"] += 1
         t["cost_usd"] += rec["cost_usd"]
         return 1
+
+    def ledger(self, config_hash: str | None = None) -> list[dict[str, Any]]:
+        """Cost fields of every record ever stored (for `labels.cost_of`), replaced ones included."""
+        return [r for h, rs in self._billed.items() if config_hash is None or h == config_hash for r in rs]
 
     def done(self, pair_id: str, config_hash: str, order: str, sample: int) -> bool:
         rec = self.index.get((pair_id, config_hash, order, sample))

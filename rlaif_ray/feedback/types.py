@@ -39,7 +39,8 @@ class Task:
 
 @dataclass(kw_only=True)
 class JudgeOutput:
-    """What a judge call gives beside its answer."""
+    """What a judge call gives beside its answer. `cost_usd` is everything the provider bills for it:
+    every attempt and re-ask, with an estimate for attempts billed but lost (`estimated_usd`)."""
 
     raw: str = ""
     rationale: str | None = None
@@ -47,6 +48,9 @@ class JudgeOutput:
     cost_usd: float = 0.0
     error: str | None = None
     answer_format: str | None = None  # how the answer was constrained (kind=openai): choice | json_schema | none
+    attempts: int = 1          # HTTP attempts, re-asks included
+    reasks: int = 0            # calls repeated because the answer held no verdict
+    estimated_usd: float = 0.0  # part of cost_usd estimated: billed attempts whose answer never arrived
 
 
 @dataclass
@@ -55,7 +59,6 @@ class Verdict(JudgeOutput):
     `scores`: protocol=pointwise's scores of the first and the second response, each judged alone."""
 
     p_first: float | None
-    attempts: int = 1
     scores: list[float | None] | None = None
 
     @property

@@ -8,11 +8,22 @@ quality `q(text)` in [0, 1) (a hash), and the first-shown response wins with pro
 exactly `p_first`. Pointwise prompts (`<response>...</response>`) get `score(text) = 1 + round(9 q)`, or,
 when they ask for Yes or No, P(Yes) = `yes_probability(text)` (OpenAI: as top_logprobs; Anthropic: the argmax).
 
-It counts billable requests (well-formed successes) per request body, so a re-paid request shows up as
-`repaid`, and injects faults on the first `times` attempts of a `fraction` of request bodies (or of the
-bodies whose hash falls in `range` [lo, hi), to give fault classes disjoint slices):
-429 (+retry-after), 529, 500, slow, timeout, malformed JSON, connection reset, errored/expired batch items.
-Batch results always come back shuffled.
+It bills like a provider: every request it answers with a 200 is billed per request body, whether or not
+the client was still there to read it (`abandoned`) or could parse it (`malformed`); a body billed again
+after one clean delivery shows up as `repaid_after_delivery` (`repaid` counts every second billing).
+`billed_usage` sums the tokens billed, by kind. Faults hit the first `times` attempts of a `fraction` of
+request bodies (or of the bodies whose hash falls in `range` [lo, hi), to give fault classes disjoint
+slices):
+- refusals: 429 (+retry-after, with the usual rate-limit headers), 529 overloaded, 500;
+- transport: slow (a delay), stall (a delay, then a billed answer: abandoned if the client gave up),
+  timeout (a hang, then a dropped connection, not billed), reset (dropped connection, not billed),
+  malformed (a 200 with a truncated body, billed);
+- answers without a verdict (billed, 200): no_verdict ("Both are fine."), empty (no content), verbose (a
+  sentence of prose before the verdict, cut at `max_tokens` like a real model: 16 tokens cut it off);
+- errored/expired batch items.
+`requests_per_min` is enforced over short intervals (a one-second bucket, as the Anthropic docs warn),
+with `anthropic-ratelimit-requests-*` headers on every answer and on its 429s. Batch results always come
+back shuffled.
 
     server = FakeAPI(latency_s=0.0).start()        # in a thread; server.base_url, server.stats()
     python -m rlaif_ray.testing.fake_api --port 8123 --latency 1.0 --rpm 4000
@@ -35,7 +46,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-FAULT_KINDS = ("429", "529", "500", "slow", "timeout", "malformed", "reset", "batch_errored", "batch_expired")
+FAULT_KINDS = ("429", "529", "500", "slow", "stall", "timeout", "malformed", "reset", "no_verdict", "empty",
+               "verbose", "batch_errored", "batch_expired")
+ANSWER_FAULTS = ("no_verdict", "empty", "verbose")
+USAGE_KINDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def quality(text: str) -> float:
@@ -60,6 +74,21 @@ def yes_probability(text: str) -> float:
 
 def _tokens(text: str) -> int:
     return len(text) // 4 + 1
+
+
+def _answer_fault(text: str, label: str, answer: str, fault: str | None, max_tokens: int) -> tuple[str, str]:
+    """(text, stop_reason) of an answer with no verdict: prose, nothing, or a sentence before the verdict
+    that `max_tokens` (4 characters a token) may cut off."""
+    if fault == "no_verdict":
+        return "Both are fine.", "end_turn"
+    if fault == "empty":
+        return "", "end_turn"
+    if fault == "verbose":
+        text = (f"After weighing both, I think response {answer.lower()[:1]} reads a little better and answers "
+                f"more of the question.\n{label}: {answer}")
+        if len(text) > 4 * max_tokens:
+            return text[:4 * max_tokens], "max_tokens"
+    return text, "end_turn"
 
 
 def _uniform(*parts: str) -> float:
@@ -95,6 +124,11 @@ class FakeAPI:
     def reset(self) -> None:
         self.counts: Counter = Counter()      # http requests by endpoint/outcome
         self.billed: Counter = Counter()      # body hash -> times billed
+        self.delivered: Counter = Counter()   # body hash -> clean answers written to a client still there
+        self.repaid_after_delivery = 0
+        self.billed_usage: Counter = Counter()  # tokens billed, by usage kind
+        self.t0: float | None = None          # first request (for "after the first minute" counts)
+        self.events: list[tuple[float, str]] = []  # (seconds since t0, "billed" | "429-rate")
         self.attempts: Counter = Counter()    # (endpoint, body hash) -> attempts seen
         self.batch_submitted: Counter = Counter()  # params hash -> times submitted inside a batch
         self.batch_duplicates: Counter = Counter()  # params hash -> submitted while answered or still queued
@@ -105,17 +139,25 @@ class FakeAPI:
         self._bucket, self._bucket_t = None, time.monotonic()
 
     def stats(self) -> dict[str, Any]:
+        late = Counter(kind for t, kind in self.events if t >= 60.0)
         return {"requests": dict(self.counts), "billable": sum(self.billed.values()),
                 "repaid": sum(c - 1 for c in self.billed.values() if c > 1),
+                "repaid_after_delivery": self.repaid_after_delivery, "billed_usage": dict(self.billed_usage),
+                "abandoned": self.counts.get("abandoned", 0), "billed_after_60s": late["billed"],
+                "rate_429_after_60s": late["429-rate"],
                 "batch_requests": sum(self.batch_submitted.values()),
                 "batch_duplicates": sum(self.batch_duplicates.values()),
                 "batches": len(self.batches), "auth": dict(self.auth_schemes), "max_in_flight": self.max_in_flight}
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _fault(self, endpoint: str, key: str) -> dict | None:
+    def _fault(self, endpoint: str, key: str, body: dict | None = None) -> dict | None:
+        """The first rule that hits this attempt. `unless`: a text whose presence in the body spares it (a
+        model that complies once reminded of the format)."""
         n = self.attempts[(endpoint, key)]
         for rule in self.faults:
             if rule.get("endpoint", "any") not in ("any", endpoint):
+                continue
+            if rule.get("unless") and body is not None and rule["unless"] in json.dumps(body):
                 continue
             lo, hi = rule.get("range", (0.0, rule.get("fraction", 1.0)))
             u = _uniform(key) if "range" in rule else _uniform(key, rule["kind"])
@@ -123,15 +165,19 @@ class FakeAPI:
                 return rule
         return None
 
-    def _rate_limited(self) -> float:
-        """Seconds until a request token is free (0: take one now). Bucket holds one second of budget."""
-        if not self.requests_per_min:
-            return 0.0
+    def _rate_level(self) -> None:
         rate = self.requests_per_min / 60.0
         cap = max(1.0, rate)
         now = time.monotonic()
         self._bucket = min(cap, (cap if self._bucket is None else self._bucket) + (now - self._bucket_t) * rate)
         self._bucket_t = now
+
+    def _rate_limited(self) -> float:
+        """Seconds until a request token is free (0: take one now). Bucket holds one second of budget."""
+        if not self.requests_per_min:
+            return 0.0
+        rate = self.requests_per_min / 60.0
+        self._rate_level()
         if self._bucket >= 1.0:
             self._bucket -= 1.0
             return 0.0
@@ -140,6 +186,7 @@ class FakeAPI:
     def _ratelimit_headers(self) -> dict[str, str]:
         if not self.requests_per_min:
             return {}
+        self._rate_level()
         level = self._bucket or 0.0
         # Like the real API: when the budget is spent, `reset` says when the next request is allowed.
         refill_s = max(0.0, 1.0 - level) / (self.requests_per_min / 60.0)
@@ -178,7 +225,7 @@ class FakeAPI:
             return {"kind": "unknown", "p": 0.5, "cot": cot}
         return {"kind": "pair", "p": p_first(a, b, self.position_bias), "cot": cot}
 
-    def _anthropic_message(self, params: dict, sample_u: float | None = None) -> dict:
+    def _anthropic_message(self, params: dict, answer_fault: str | None = None, sample_u: float | None = None) -> dict:
         system = params.get("system") or ""
         system_text = system if isinstance(system, str) else "".join(b.get("text", "") for b in system)
         msgs = params.get("messages", [])
@@ -194,6 +241,7 @@ class FakeAPI:
         label = {"score": "Score", "yes_no": "Answer"}.get(seen["kind"], "Verdict")
         text = (f"<rationale>The fake judge compared the responses.</rationale>\n{label}: {answer}"
                 if seen["cot"] else answer)
+        text, stop = _answer_fault(text, label, answer, answer_fault, int(params.get("max_tokens", 1024)))
         cached = isinstance(system, list) and any("cache_control" in b for b in system)
         sys_tokens = _tokens(system_text)
         cache_hit = cached and system_text in self._cache
@@ -203,10 +251,10 @@ class FakeAPI:
                  "cache_creation_input_tokens": sys_tokens if cached and not cache_hit else 0,
                  "cache_read_input_tokens": sys_tokens if cache_hit else 0}
         return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-                "model": params.get("model", "fake"), "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
+                "model": params.get("model", "fake"), "content": [{"type": "text", "text": text}] if text else [],
+                "stop_reason": stop, "stop_sequence": None, "usage": usage}
 
-    def _openai_completion(self, params: dict) -> dict:
+    def _openai_completion(self, params: dict, answer_fault: str | None = None) -> dict:
         text = "".join(m["content"] if isinstance(m["content"], str) else
                        "".join(p.get("text", "") for p in m["content"]) for m in params.get("messages", []))
         seen = self._judge_text(text)
@@ -231,6 +279,11 @@ class FakeAPI:
                     "top_logprobs": [{"token": t, "logprob": 0.0, "bytes": list(t.encode())}]} for t in prefix]
         content.append(verdict_tok)
         out_text = "".join(prefix) + top[0][0]
+        if answer_fault:  # an answer with no verdict token anywhere
+            out_text = "" if answer_fault == "empty" else "Both are fine."
+            content = [{"token": t, "logprob": 0.0, "bytes": list(t.encode()),
+                        "top_logprobs": [{"token": t, "logprob": 0.0, "bytes": list(t.encode())}]}
+                       for t in out_text.split(" ") if t]
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:20]}", "object": "chat.completion", "created": int(time.time()),
                 "model": params.get("model", "fake"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out_text},
@@ -255,11 +308,15 @@ class FakeAPI:
                                                                  "message": "body is not JSON"}}, status=400)
         key = self._key(body)
         self.attempts[(endpoint, key)] += 1
+        self.t0 = self.t0 or time.monotonic()
         wait = self._rate_limited()
         if wait > 0:
             self.counts["429-rate"] += 1
-            return self._error(429, "rate_limit_error", "rate limited", {"retry-after": f"{wait:.3f}"})
-        fault = self._fault(endpoint, key)
+            self.events.append((time.monotonic() - self.t0, "429-rate"))
+            return self._error(429, "rate_limit_error", "rate limited",
+                               {"retry-after": str(max(1, math.ceil(wait))), **self._ratelimit_headers()})
+        fault = self._fault(endpoint, key, body)
+        rebuy = self.delivered[key] > 0  # sent after this body's answer was already delivered cleanly
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -270,21 +327,38 @@ class FakeAPI:
                 if kind in ("429", "529", "500"):
                     etype = {"429": "rate_limit_error", "529": "overloaded_error", "500": "api_error"}[kind]
                     headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else {}
+                    if kind == "429":
+                        headers.update(self._ratelimit_headers())
                     return self._error(int(kind), etype, f"injected {kind}", headers)
-                if kind == "slow":
+                if kind in ("slow", "stall"):
                     await asyncio.sleep(fault.get("delay", 2.0))
                 elif kind in ("timeout", "reset"):
                     if kind == "timeout":
                         await asyncio.sleep(fault.get("delay", 30.0))
-                    request.transport.close()  # drop the connection without a response: nothing billed
+                    if request.transport is not None:
+                        request.transport.close()  # drop the connection without a response: nothing billed
                     raise ConnectionResetError("injected")
-                elif kind == "malformed":
-                    return web.Response(status=200, text='{"id": "msg_broken", "content": [', content_type="application/json")
-            payload = build(body)
-            self.billed[key] += 1
+            payload = build(body, fault["kind"] if fault and fault["kind"] in ANSWER_FAULTS else None)
+            self._bill(key, payload, rebuy)
+            if fault and fault["kind"] == "malformed":  # generated and billed, but the body arrives cut
+                return web.Response(status=200, text='{"id": "msg_broken", "content": [', content_type="application/json")
+            if request.transport is None or request.transport.is_closing():
+                self.counts["abandoned"] += 1  # the client gave up: billed all the same
+            elif not (fault and fault["kind"] in ANSWER_FAULTS):
+                self.delivered[key] += 1
             return web.json_response(payload, headers=self._ratelimit_headers())
         finally:
             self.in_flight -= 1
+
+    def _bill(self, key: str, payload: dict, rebuy: bool = False) -> None:
+        self.repaid_after_delivery += rebuy
+        self.billed[key] += 1
+        self.events.append((time.monotonic() - (self.t0 or time.monotonic()), "billed"))
+        usage = payload.get("usage") or {}
+        if "prompt_tokens" in usage:  # OpenAI's names
+            usage = {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]}
+        for k in USAGE_KINDS:
+            self.billed_usage[k] += usage.get(k, 0) or 0
 
     @staticmethod
     def _error(status: int, etype: str, message: str, headers: dict | None = None):
@@ -294,7 +368,7 @@ class FakeAPI:
                                  status=status, headers=headers or {})
 
     async def messages(self, request):
-        return await self._serve_one(request, "messages", self._anthropic_message)
+        return await self._serve_one(request, "messages", lambda body, fault: self._anthropic_message(body, fault))
 
     async def chat(self, request):
         return await self._serve_one(request, "chat", self._openai_completion)
@@ -325,7 +399,7 @@ class FakeAPI:
                 elif fault and fault["kind"] == "batch_expired":
                     res = {"type": "expired"}
                 else:
-                    msg = self._anthropic_message(item["params"], _uniform(key, item["custom_id"]))
+                    msg = self._anthropic_message(item["params"], sample_u=_uniform(key, item["custom_id"]))
                     self.billed[key] += 1
                     res = {"type": "succeeded", "message": msg}
                 out.append({"custom_id": item["custom_id"], "result": res})
