@@ -5,6 +5,15 @@ requests/min by default) and, in the same run, a one-at-a-time loop like the see
 Fields: labels_per_s, sequential_labels_per_s, speedup (= first / second), ceiling_labels_per_s (what the
 rate limit allows), ceiling_fraction, lost (calls with no stored answer), repaid (requests the fake
 billed more than once). Goal: ceiling_fraction >= 0.95, speedup >= 50, lost = repaid = 0.
+
+`--faults hostile` (200 pairs by default) runs the pool with its default limits against a fake that
+enforces `--rpm` (600 by default) over one-second intervals and misbehaves like a production API (`HOSTILE`:
+long retry-after 429s, 529s, 30 s stalls, truncated 200 bodies, dropped connections, answers without a
+verdict), and, in the same run, the same pairs against the same fake without faults. Fields per pass:
+wall_s, calls_per_s, labeled, lost, rate_429 (the fake's pacing refusals: the limiter's misses),
+injected_429, reasks, billed_usd (the fake's billed tokens at list price) vs stored_usd (the ledger's
+cost_cumulative), repaid_after_delivery; then wall_ratio. Goals: every pair labeled, 0 lost, 0 repaid after
+delivery, rate 429s <= 5% of billed requests after the first minute, |stored - billed| <= 2%, wall_ratio <= 2.
 """
 
 from __future__ import annotations
@@ -21,12 +30,27 @@ import urllib.request
 from pathlib import Path
 
 BENCH_KEY_ENV = "ANTHROPIC_API_KEY"
+# Disjoint slices of request bodies (by hash), each hit on its first attempt unless `times` says more.
+HOSTILE = [
+    {"kind": "429", "retry_after": 3600, "range": (0.00, 0.05)},  # "come back in an hour" (capped per request)
+    {"kind": "529", "times": 3, "range": (0.05, 0.10)},           # overloaded three times running
+    {"kind": "stall", "delay": 30.0, "range": (0.10, 0.12)},       # answers after 30 s
+    {"kind": "malformed", "range": (0.12, 0.14)},                  # a billed 200 whose body is cut
+    {"kind": "reset", "range": (0.14, 0.16)},                      # connection dropped, not billed
+    {"kind": "no_verdict", "range": (0.16, 0.19)},                 # "Both are fine."
+    {"kind": "empty", "range": (0.19, 0.21)},                      # an empty content list
+    {"kind": "verbose", "times": 99, "range": (0.21, 0.24)},       # a sentence of prose before the verdict
+]
 
 
 def add_arguments(p) -> None:
     p.add_argument("--latency", type=float, default=1.0, help="fake API latency in seconds")
     p.add_argument("--jitter", type=float, default=0.2, help="relative latency jitter")
-    p.add_argument("--rpm", type=float, default=4000.0, help="rate limit (requests/min) of the fake and the pool")
+    p.add_argument("--rpm", type=float, default=None,
+                   help="rate limit (requests/min) of the fake and the pool (default 4000; hostile: the fake's "
+                        "600, the pool keeps its default and must learn it)")
+    p.add_argument("--faults", choices=("none", "hostile"), default="none",
+                   help="hostile: the misbehaving-API run beside a fault-free one (see the module doc)")
     p.add_argument("--pairs", type=int, default=None, help="pairs labeled by the pool (both orders)")
     p.add_argument("--sequential-calls", type=int, default=None, help="calls made by the one-at-a-time loop")
     p.add_argument("--actors", type=int, default=2, help="pool actors")
@@ -43,11 +67,18 @@ def _stats(url: str) -> dict:
         return json.loads(r.read())
 
 
-def _start_fake(args, port: int) -> subprocess.Popen:
+def _control(url: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{url}/_control", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _start_fake(args, port: int, log: Path) -> subprocess.Popen:
+    # The fake logs a traceback per dropped connection: to a file, so no pipe can fill and block it.
     proc = subprocess.Popen([sys.executable, "-m", "rlaif_ray.testing.fake_api", "--port", str(port),
                              "--latency", str(args.latency), "--jitter", str(args.jitter), "--rpm", str(args.rpm)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    proc.stdout.readline()  # "fake API on ..."
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     for _ in range(100):
         try:
             _stats(f"http://127.0.0.1:{port}")
@@ -76,71 +107,177 @@ def _sequential(url: str, pairs: list, calls: int) -> float:
     return calls / (time.perf_counter() - t0)
 
 
-def run(args) -> int:
-    import logging
+def _rows(n: int) -> list[dict]:
+    return [{"prompt": f"Question {i}: explain item {i}.", "response_a": f"Answer {i} (first style).",
+             "response_b": f"Answer {i} (second style)."} for i in range(n)]
 
-    from rlaif_ray.cluster import init_ray
-    from rlaif_ray.config import FeedbackPoolConfig, JudgeConfig, RateLimitConfig, RayConfig
+
+def _label_pass(cfg, rows: list[dict], work: Path) -> dict:
+    """One pool over `rows` (both orders) into a fresh store under `work`: seconds, summary, lost tasks and
+    the store's cost ledger."""
+    from rlaif_ray.config import RayConfig
     from rlaif_ray.data import PairRecord
     from rlaif_ray.feedback import LabelStore, config_hash, tasks_for
+    from rlaif_ray.feedback.labels import cost_of
     from rlaif_ray.feedback.pool import FeedbackPool
+
+    chash = config_hash(cfg.judge)
+    pool = FeedbackPool(cfg, RayConfig(), str(work), chash)
+    tasks = tasks_for([PairRecord(**r) for r in rows], cfg.judge)
+    try:
+        t0 = time.perf_counter()
+        summary = pool.label(tasks)
+        elapsed = time.perf_counter() - t0
+    finally:
+        pool.shutdown()
+    store = LabelStore(work)
+    store.refresh()
+    lost = [t for t in tasks if not store.done(t.pair_id, chash, t.order, t.sample)]
+    labeled = len({t.pair_id for t in tasks} - {t.pair_id for t in lost})
+    return {"seconds": elapsed, "summary": summary, "tasks": len(tasks), "lost": len(lost), "labeled": labeled,
+            "ledger": cost_of(store.ledger(chash))}
+
+
+def _quiet_http_logs() -> None:
+    import logging
 
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def run(args) -> int:
+    if args.faults == "hostile":
+        return _run_hostile(args)
+    from rlaif_ray.cluster import init_ray
+    from rlaif_ray.config import FeedbackPoolConfig, JudgeConfig, RateLimitConfig, RayConfig
+
+    _quiet_http_logs()
+    args.rpm = args.rpm or 4000.0
     n_pairs = args.pairs or (650 if args.quick else 3000)
     n_seq = args.sequential_calls or (6 if args.quick else 20)
     os.environ.setdefault(BENCH_KEY_ENV, "sk-bench-not-a-real-key")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    fake = _start_fake(args, port)
     work = Path(tempfile.mkdtemp(prefix="bench-label-"))
+    fake = _start_fake(args, port, work / "fake.log")
     try:
-        rows = [{"prompt": f"Question {i}: explain item {i}.", "response_a": f"Answer {i} (first style).",
-                 "response_b": f"Answer {i} (second style)."} for i in range(max(n_pairs, n_seq))]
+        rows = _rows(max(n_pairs, n_seq))
         # The sequential loop only waits on the network: run it while Ray starts, then label with the pool
         # alone so the two measurements never overlap.
         seq: dict = {}
         seq_thread = threading.Thread(target=lambda: seq.update(rate=_sequential(url, rows, n_seq), stats=_stats(url)))
         seq_thread.start()
-
         judge = JudgeConfig(kind="anthropic", model="fake-judge", base_url=url)
         cfg = FeedbackPoolConfig(num_actors=args.actors, max_in_flight=128, shard_size=256, judge=judge,
                                  rate_limit=RateLimitConfig(requests_per_min=args.rpm))
         init_ray(RayConfig(address="local"))
-        chash = config_hash(judge)
-        pool = FeedbackPool(cfg, RayConfig(), str(work), chash)
-        tasks = tasks_for([PairRecord(**r) for r in rows[:n_pairs]], judge)
         seq_thread.join()
         seq_rate, seq_stats = seq["rate"], seq["stats"]
-        t0 = time.perf_counter()
-        summary = pool.label(tasks)
-        elapsed = time.perf_counter() - t0
-        pool.shutdown()
-        store = LabelStore(work)
-        store.refresh()
-        lost = sum(not store.done(t.pair_id, chash, t.order, t.sample) for t in tasks)
+        out = _label_pass(cfg, rows[:n_pairs], work / "pool")
         stats = _stats(url)
     finally:
         fake.terminate()
         fake.wait(10)
-    rate = summary["ok"] / elapsed
+    rate = out["summary"]["ok"] / out["seconds"]
     ceiling = args.rpm / 60.0
+    lost = out["lost"]
     result = {"labels_per_s": round(rate, 3), "sequential_labels_per_s": round(seq_rate, 3),
               "speedup": round(rate / seq_rate, 2), "ceiling_labels_per_s": round(ceiling, 3),
               "ceiling_fraction": round(rate / ceiling, 4), "lost": lost, "repaid": stats["repaid"],
-              "label_unit": "one judge call (one order of one pair)", "calls": len(tasks),
-              "pool_seconds": round(elapsed, 2), "sequential_calls": n_seq, "actors": args.actors,
+              "label_unit": "one judge call (one order of one pair)", "calls": out["tasks"],
+              "pool_seconds": round(out["seconds"], 2), "sequential_calls": n_seq, "actors": args.actors,
               "latency_s": args.latency, "jitter": args.jitter, "rpm": args.rpm,
               "fake_429_rate_limited": stats["requests"].get("429-rate", 0),
               "fake_max_in_flight": stats["max_in_flight"], "sequential_billed": seq_stats["billable"],
               "quick": bool(args.quick)}
+    _table(result, ("labels_per_s", "sequential_labels_per_s", "speedup", "ceiling_labels_per_s",
+                    "ceiling_fraction", "lost", "repaid"))
+    _write(args, result)
+    ok = result["ceiling_fraction"] >= 0.95 and result["speedup"] >= 50 and lost == 0 and stats["repaid"] == 0
+    print("goal met" if ok else "goal NOT met")
+    return 0
+
+
+def _table(result: dict, keys) -> None:
     print(f"{'metric':<28}{'value':>14}")
-    for k in ("labels_per_s", "sequential_labels_per_s", "speedup", "ceiling_labels_per_s", "ceiling_fraction",
-              "lost", "repaid"):
+    for k in keys:
         print(f"{k:<28}{result[k]:>14}")
+
+
+def _write(args, result: dict) -> None:
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(result, indent=2))
-    ok = result["ceiling_fraction"] >= 0.95 and result["speedup"] >= 50 and lost == 0 and stats["repaid"] == 0
-    print("goal met" if ok else "goal NOT met")
+
+
+def _run_hostile(args) -> int:
+    """The same pairs against the same fake, without faults and then with HOSTILE, each pass on a fresh store
+    and fresh fake counters; the pool runs its default rate limit, retry and re-ask settings."""
+    from rlaif_ray.cluster import init_ray
+    from rlaif_ray.config import FeedbackPoolConfig, JudgeConfig, RayConfig
+    from rlaif_ray.feedback.cost import CLAUDE_PRICES, cost_usd
+    from rlaif_ray.feedback.types import Usage
+
+    _quiet_http_logs()
+    args.rpm = args.rpm or 600.0
+    n_pairs = args.pairs or (60 if args.quick else 200)
+    os.environ.setdefault(BENCH_KEY_ENV, "sk-bench-not-a-real-key")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    work = Path(tempfile.mkdtemp(prefix="bench-label-hostile-"))
+    fake = _start_fake(args, port, work / "fake.log")
+    judge = JudgeConfig(kind="anthropic", model="fake-judge", base_url=url, price_per_mtok=CLAUDE_PRICES)
+    cfg = FeedbackPoolConfig(num_actors=args.actors, judge=judge)  # default limits: the fake's are lower
+    rows = _rows(n_pairs)
+    passes = {}
+    try:
+        init_ray(RayConfig(address="local"))
+        for name, faults in (("baseline", []), ("hostile", HOSTILE)):
+            _control(url, {"reset": True, "faults": faults})
+            out = _label_pass(cfg, rows, work / name)
+            time.sleep(1.0 if name == "baseline" else 32.0)  # let abandoned stalls finish: they are billed too
+            stats = _stats(url)
+            u = stats["billed_usage"]
+            billed_usd = cost_usd(Usage(input=u.get("input_tokens", 0), output=u.get("output_tokens", 0),
+                                        cache_write=u.get("cache_creation_input_tokens", 0),
+                                        cache_read=u.get("cache_read_input_tokens", 0)), CLAUDE_PRICES)
+            ledger, limiter = out["ledger"], out["summary"]["limiter"] or {}
+            late_billed = stats["billed_after_60s"]
+            passes[name] = {
+                "wall_s": round(out["seconds"], 2), "calls": out["tasks"],
+                "calls_per_s": round(out["tasks"] / out["seconds"], 3), "labeled": out["labeled"], "pairs": n_pairs,
+                "lost": out["lost"], "billed_requests": stats["billable"],
+                "rate_429": stats["requests"].get("429-rate", 0),
+                "rate_429_fraction": round(stats["requests"].get("429-rate", 0) / max(1, stats["billable"]), 4),
+                "rate_429_after_60s": stats["rate_429_after_60s"], "billed_after_60s": late_billed,
+                "rate_429_fraction_after_60s": round(stats["rate_429_after_60s"] / late_billed, 4) if late_billed else 0.0,
+                "injected_429": stats["requests"].get("fault-429", 0), "reasks": ledger["reasks"],
+                "attempts": ledger["attempts"], "billed_usd": round(billed_usd, 6),
+                "stored_usd": round(ledger["cost_usd"], 6), "estimated_usd": round(ledger["estimated_usd"], 6),
+                "cost_error": round(ledger["cost_usd"] / billed_usd - 1, 4) if billed_usd else 0.0,
+                "repaid": stats["repaid"], "repaid_after_delivery": stats["repaid_after_delivery"],
+                "abandoned": stats["abandoned"],
+                "faults_hit": {k.removeprefix("fault-"): v for k, v in stats["requests"].items() if k.startswith("fault-")},
+                "limiter": limiter}
+    finally:
+        fake.terminate()
+        fake.wait(10)
+    b, h = passes["baseline"], passes["hostile"]
+    result = {"baseline": b, "hostile": h, "wall_ratio": round(h["wall_s"] / b["wall_s"], 3), "fake_rpm": args.rpm,
+              "latency_s": args.latency, "jitter": args.jitter, "actors": args.actors, "faults": HOSTILE,
+              "quick": bool(args.quick)}
+    keys = ("wall_s", "calls_per_s", "labeled", "lost", "billed_requests", "rate_429", "rate_429_fraction_after_60s",
+            "injected_429", "reasks", "billed_usd", "stored_usd", "cost_error", "repaid_after_delivery")
+    print(f"{'metric':<30}{'baseline':>14}{'hostile':>14}")
+    for k in keys:
+        print(f"{k:<30}{b[k]!s:>14}{h[k]!s:>14}")
+    print(f"{'wall_ratio':<30}{'':>14}{result['wall_ratio']!s:>14}")
+    goals = {"all labeled": h["labeled"] == n_pairs, "0 lost": h["lost"] == 0,
+             "0 repaid after delivery": h["repaid_after_delivery"] == 0,
+             "rate 429s <= 5% after 60 s": h["rate_429_fraction_after_60s"] <= 0.05,
+             "cost within 2%": abs(h["cost_error"]) <= 0.02, "wall <= 2x baseline": result["wall_ratio"] <= 2.0}
+    for goal, met in goals.items():
+        print(f"{goal:<30}{'met' if met else 'NOT met':>14}")
+    result["goals"] = goals
+    _write(args, result)
     return 0

@@ -21,12 +21,12 @@ def fake(monkeypatch):
     server.stop()
 
 
-def _pool(fake, tmp_path, **kw):
+def _pool(fake, tmp_path, rate_limit: RateLimitConfig | None = None, **kw):
     from rlaif_ray.feedback.pool import FeedbackPool
 
     judge = JudgeConfig(kind="openai", model="fake-judge", base_url=fake.base_url + "/v1")
-    cfg = FeedbackPoolConfig(judge=judge, rate_limit=RateLimitConfig(requests_per_min=0),
-                             retry=RetryConfig(base_delay_s=0.01, timeout_s=10), **kw)
+    cfg = FeedbackPoolConfig(judge=judge, rate_limit=rate_limit or RateLimitConfig(requests_per_min=0), retry=RetryConfig(base_delay_s=0.01, timeout_s=10),
+                             **kw)
     return FeedbackPool(cfg, RayConfig(), str(tmp_path), config_hash(judge)), judge
 
 
@@ -83,6 +83,27 @@ def test_pool_score_and_compare(ray_session, fake, tmp_path):
     assert details[0]["error"] is None and details[0]["cost_usd"] == 0.0  # a local server: free by default
     for (a, b), c in zip([("x1", "y1"), ("x2", "y2")], comps, strict=True):
         assert c == pytest.approx((p_first(a, b) + 1 - p_first(b, a)) / 2, abs=1e-9)
+
+
+def test_pool_actors_share_one_budget_that_learns_the_servers_limit(ray_session, fake, tmp_path):
+    # The pool starts from its configured 4,000 requests/min; the server allows 1,200 and says so in its
+    # headers. One budget actor serves both feedback actors: it learns the limit once and counts every
+    # attempt of both.
+    fake.requests_per_min, fake.latency_s = 1200.0, 0.05
+    pairs = [PairRecord(prompt=f"q{i}", response_a=f"a{i}", response_b=f"b{i}") for i in range(40)]
+    pool, judge = _pool(fake, tmp_path, num_actors=2, max_in_flight=8, shard_size=16,
+                        rate_limit=RateLimitConfig(requests_per_min=4000.0))
+    try:
+        assert pool.budget is not None and pool.limiter()["acquired"] == 0
+        summary = pool.label(tasks_for(pairs, judge))
+    finally:
+        pool.shutdown()
+    shared = summary["limiter"]
+    assert summary["ok"] == 80 and summary["failed"] == 0
+    assert shared["learned_limit"] == {"requests": 1200.0} and shared["requests_per_min"] <= 1200.0
+    # Both actors drew every attempt from it (and their OpenAI constraint probes, which are not labels).
+    assert shared["acquired"] >= summary["attempts"] >= 80
+    assert shared["congestion_429"] == fake.stats()["requests"]["429-rate"]
 
 
 def test_pool_local_judge_in_actor(ray_session, tmp_path, tiny_model_dir):
