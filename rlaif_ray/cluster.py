@@ -10,9 +10,11 @@ import os
 import tempfile
 import time
 
+from . import reaper
 from .config import RayConfig
 
 log = logging.getLogger(__name__)
+_reaper = None
 
 # Environment every actor of a local cluster inherits: offline hub, quiet tokenizers, vLLM on CPU.
 ACTOR_ENV = {
@@ -54,6 +56,9 @@ def _init(cfg: RayConfig, env: dict[str, str] | None) -> None:
             runtime_env={"env_vars": env_vars},
             logging_level=logging.WARNING,
         )
+        global _reaper
+        if _reaper is None:  # one per driver process: kills what a SIGKILLed driver's cluster leaves behind
+            _reaper = reaper.start()
     else:
         ray.init(address=cfg.address, logging_level=logging.WARNING)
     log.info("ray ready in %.1fs: %s", time.perf_counter() - t0, ray.cluster_resources())

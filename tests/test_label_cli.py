@@ -97,6 +97,37 @@ def test_driver_killed_mid_run_resumes_without_loss_or_repay(tmp_path, fake):
     _assert_key_never_written(tmp_path)
 
 
+@pytest.mark.slow
+def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_again(tmp_path, fake):
+    from rlaif_ray.reaper import _stat, descendants
+
+    n = 100
+    _pairs(tmp_path / "pairs.jsonl", n)
+    fake.latency_s = 1.0  # calls are in flight when the kill lands
+    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=16"]
+    proc = _label(tmp_path, fake, *opts)
+    _wait(lambda: _stored(tmp_path / "run") >= 24 or proc.poll() is not None)
+    family = descendants(proc.pid)  # Ray's head processes, agents, workers, our actors
+    assert len(family) >= 4 and proc.poll() is None
+    proc.kill()
+    proc.wait(30)
+    # Nothing the driver started outlives it: Ray stops most of it, the reaper the agents Ray leaves.
+    _wait(lambda: all(_stat(pid) is None or _stat(pid)[1] != start for pid, start in family.items()), timeout=30)
+    time.sleep(1.5)  # answers the server was still generating for the dead actors finish (billed, abandoned)
+    stored_at_kill = _stored(tmp_path / "run")
+    killed = fake.stats()
+    assert killed["billable"] == stored_at_kill + killed["abandoned"]  # every delivered answer is on disk
+
+    assert _label(tmp_path, fake, *opts).wait(240) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    stats = fake.stats()
+    assert summary["labeled"] == n and summary["unlabeled"] == 0
+    # Bought twice: only the calls the kill cut off mid-flight (at most one per in-flight slot), never an
+    # answer that had been delivered.
+    assert stats["repaid_after_delivery"] == 0 and stats["repaid"] == killed["abandoned"] <= 2 * 4
+    assert stats["billable"] == 2 * n + killed["abandoned"]
+
+
 def test_batches_driver_killed_while_polling_resumes_without_resubmitting(tmp_path, fake):
     n = 40
     _pairs(tmp_path / "pairs.jsonl", n)
