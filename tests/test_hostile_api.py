@@ -13,7 +13,7 @@ from rlaif_ray.feedback.cost import CLAUDE_PRICES, cost_usd
 from rlaif_ray.feedback.labels import cost_of
 from rlaif_ray.feedback.parsing import ParseError, parse_letter
 from rlaif_ray.feedback.ratelimit import RateLimiter
-from rlaif_ray.feedback.store import ShardWriter, record_of
+from rlaif_ray.feedback.store import InflightTally, ShardWriter, record_of
 from rlaif_ray.feedback.types import Usage
 from rlaif_ray.testing.fake_api import FakeAPI, p_first
 
@@ -187,7 +187,7 @@ def test_cumulative_cost_keeps_failed_records_a_later_run_replaced(tmp_path):
     w.write([record_of(t, Verdict(None, error="ParseError: none", cost_usd=0.25, reasks=2, attempts=3), "h", "j",
                        w.name)])
     w2 = ShardWriter(tmp_path / "labels", "run2")
-    w2.write([record_of(t, Verdict(0.8, cost_usd=0.10), "h", "j", w2.name)])
+    w2.write([record_of(t, Verdict(0.8, cost_usd=0.10, usage=Usage(input=100, output=2)), "h", "j", w2.name)])
     store = LabelStore(tmp_path)
     store.refresh()
     assert store.done("p1", "h", "ab", 0)
@@ -195,3 +195,14 @@ def test_cumulative_cost_keeps_failed_records_a_later_run_replaced(tmp_path):
     ledger = cost_of(store.ledger("h"))                                       # what was paid for them
     assert ledger["cost_usd"] == pytest.approx(0.35) and ledger["calls"] == 2 and ledger["reasks"] == 2
     assert store.totals["h"]["cost_usd"] == pytest.approx(0.35)
+    # A writer killed with two attempts in flight (sent, never ended): each priced as the mean answer read
+    # (the ok record's 0.10; the failed one read nothing), marked estimated; a writer whose attempts all
+    # ended adds nothing.
+    killed, clean = InflightTally(tmp_path / "labels", "run3", "h"), InflightTally(tmp_path / "labels", "run4", "h")
+    for tally, opened, ended in ((killed, 3, 1), (clean, 2, 2)):
+        for _ in range(opened):
+            tally.sent()
+        for _ in range(ended):
+            tally.done()
+    ledger = cost_of(store.ledger("h"))
+    assert ledger["estimated_usd"] == pytest.approx(2 * 0.10) and ledger["calls"] == 2 and ledger["attempts"] == 4 + 2

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from rlaif_ray.feedback.cost import CLAUDE_PRICES, cost_usd
+from rlaif_ray.feedback.types import Usage
 from rlaif_ray.testing.fake_api import FakeAPI
 
 KEY = "sk-ant-api03-NEVER-WRITE-ME-5150"
@@ -101,19 +103,19 @@ def test_driver_killed_mid_run_resumes_without_loss_or_repay(tmp_path, fake):
 def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_again(tmp_path, fake):
     from rlaif_ray.reaper import _stat, descendants
 
-    n = 100
+    n = 48
     _pairs(tmp_path / "pairs.jsonl", n)
-    fake.latency_s = 1.0  # calls are in flight when the kill lands
+    fake.latency_s = 3.0  # calls are still in flight when Ray stops the dead driver's actors
     opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=16"]
     proc = _label(tmp_path, fake, *opts)
-    _wait(lambda: _stored(tmp_path / "run") >= 24 or proc.poll() is not None)
+    _wait(lambda: _stored(tmp_path / "run") >= 8 or proc.poll() is not None)
     family = descendants(proc.pid)  # Ray's head processes, agents, workers, our actors
     assert len(family) >= 4 and proc.poll() is None
     proc.kill()
     proc.wait(30)
     # Nothing the driver started outlives it: Ray stops most of it, the reaper the agents Ray leaves.
     _wait(lambda: all(_stat(pid) is None or _stat(pid)[1] != start for pid, start in family.items()), timeout=30)
-    time.sleep(1.5)  # answers the server was still generating for the dead actors finish (billed, abandoned)
+    time.sleep(3.5)  # answers the server was still generating for the dead actors finish (billed, abandoned)
     stored_at_kill = _stored(tmp_path / "run")
     killed = fake.stats()
     assert killed["billable"] == stored_at_kill + killed["abandoned"]  # every delivered answer is on disk
@@ -126,6 +128,14 @@ def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_ag
     # answer that had been delivered.
     assert stats["repaid_after_delivery"] == 0 and stats["repaid"] == killed["abandoned"] <= 2 * 4
     assert stats["billable"] == 2 * n + killed["abandoned"]
+    # The cut-off calls are in the ledger as estimates (each priced as the mean answer): what was billed.
+    u = stats["billed_usage"]
+    billed = cost_usd(Usage(input=u["input_tokens"], output=u["output_tokens"],
+                            cache_write=u["cache_creation_input_tokens"], cache_read=u["cache_read_input_tokens"]),
+                      CLAUDE_PRICES)
+    cumulative = summary["cost_cumulative"]
+    assert cumulative["cost_usd"] == pytest.approx(billed, rel=0.02)
+    assert (cumulative["estimated_usd"] > 0) == (killed["abandoned"] > 0)
 
 
 def test_batches_driver_killed_while_polling_resumes_without_resubmitting(tmp_path, fake):

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import FeedbackPoolConfig
 from .judges import judge_id, make_judge
 from .ratelimit import RateLimiter, SharedLimiter
-from .store import GroupCommitWriter, ShardWriter, record_of
+from .store import GroupCommitWriter, InflightTally, ShardWriter, record_of
 from .types import Task, Usage
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
@@ -54,6 +54,10 @@ class FeedbackActor:
             self.judge = make_judge(self.cfg.judge, self.cfg.retry, self.limiter)
             if self.labels_dir:
                 self.writer = GroupCommitWriter(ShardWriter(self.labels_dir, f"actor{self.index}"))
+                base = self.judge
+                while getattr(base, "inner", None) is not None:  # wrappers (pointwise, calibrated) call inner
+                    base = base.inner
+                base.tally = InflightTally(self.labels_dir, self.writer.writer.name, self.config_hash)
 
     async def info(self) -> dict[str, Any]:
         """Where this actor runs; also builds the judge so the first shard does not pay for it."""

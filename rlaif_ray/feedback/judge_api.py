@@ -53,6 +53,7 @@ class _APIJudge(Judge):
     holds no verdict, and every billed attempt in the answer's cost; failure as a value."""
 
     caches_system = False  # the system prefix is billed as a prompt-cache read (estimates of lost answers)
+    tally = None  # an InflightTally: attempts in flight on disk, so a kill's cut-off calls reach the ledger
 
     def __init__(self, cfg: JudgeConfig, retry: RetryConfig, limiter: RateLimiter | None):
         super().__init__(cfg)
@@ -75,7 +76,7 @@ class _APIJudge(Judge):
             return await parsed if inspect.isawaitable(parsed) else parsed
 
         acquire = None if self.limiter is None else lambda: self.limiter.acquire(est_input, self.max_tokens)
-        return await with_retry(send, self.retry, acquire, self.limiter)
+        return await with_retry(send, self.retry, acquire, self.limiter, tally=self.tally)
 
     def _lost_usage(self, system: str, user: str, n: int) -> Usage:
         """Estimated tokens of `n` billed attempts whose answer never arrived."""

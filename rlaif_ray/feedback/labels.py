@@ -95,5 +95,5 @@ def cost_of(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Token and dollar totals of stored records: a run's, or `LabelStore.ledger(hash)` for every record
     ever written, failed and replaced ones included (what the provider billed, estimates marked)."""
     return {**_usage_sum(records), "estimated_usd": round(sum(r.get("estimated_usd", 0.0) for r in records), 8),
-            "calls": len(records), "attempts": sum(r.get("attempts", 1) for r in records),
+            "calls": sum(r.get("calls", 1) for r in records), "attempts": sum(r.get("attempts", 1) for r in records),
             "reasks": sum(r.get("reasks", 0) for r in records)}

@@ -97,19 +97,27 @@ def describe(exc: BaseException) -> str:
 
 
 async def with_retry(send: Callable[[], Awaitable[T]], cfg: RetryConfig, acquire: Callable[[], Awaitable] | None = None,
-                     limiter=None, rng: random.Random | None = None) -> tuple[T, int, int]:
+                     limiter=None, rng: random.Random | None = None, tally=None) -> tuple[T, int, int]:
     """(result, attempts, lost). `acquire` (a rate-limit slot) is awaited before each attempt, outside its
-    timeout; `limiter.refused(headers)` hears every 429. Raises GaveUp when retries are spent, or at once
-    for a non-retryable error."""
+    timeout; `limiter.refused(headers)` hears every 429; `tally` (store.InflightTally) marks each attempt
+    sent and, once its outcome is known here, ended (an attempt cancelled with its process stays open).
+    Raises GaveUp when retries are spent, or at once for a non-retryable error."""
     rng = rng or random.Random()
     start, attempt, lost = time.monotonic(), 0, 0
     while True:
         attempt += 1
         if acquire is not None:
             await acquire()
+        if tally is not None:
+            tally.sent()
         try:
-            return await asyncio.wait_for(send(), cfg.timeout_s), attempt, lost
+            result = await asyncio.wait_for(send(), cfg.timeout_s)
+            if tally is not None:
+                tally.done()
+            return result, attempt, lost
         except Exception as exc:  # noqa: BLE001 - classified below
+            if tally is not None:
+                tally.done()
             lost += billed_if_lost(exc)
             if not is_retryable(exc):
                 raise GaveUp(describe(exc), attempt, lost) from exc

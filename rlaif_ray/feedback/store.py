@@ -53,6 +53,25 @@ class ShardWriter:
         self._fh.close()
 
 
+class InflightTally:
+    """Judge attempts in flight, kept on disk beside an actor's shard: one byte '+' when an attempt is sent
+    and '-' when it ends, after a header line with the config hash. No fsync: a killed process's writes
+    survive in the page cache. What is still open once the writer is gone was cut off by a kill (the
+    provider may have billed it): `LabelStore.ledger` adds an estimate for each."""
+
+    SUFFIX = ".inflight"
+
+    def __init__(self, labels_dir: str | Path, name: str, config_hash: str):
+        self._fh = (Path(labels_dir) / f"{name}{self.SUFFIX}").open("ab", buffering=0)
+        self._fh.write(f"{config_hash}\n".encode())
+
+    def sent(self) -> None:
+        self._fh.write(b"+")
+
+    def done(self) -> None:
+        self._fh.write(b"-")
+
+
 class GroupCommitWriter:
     """Async front of a ShardWriter: concurrent `put`s share one write+fsync (group commit), and each
     `put` returns only once its record is on disk."""
@@ -131,8 +150,27 @@ class LabelStore:
         return 1
 
     def ledger(self, config_hash: str | None = None) -> list[dict[str, Any]]:
-        """Cost fields of every record ever stored (for `labels.cost_of`), replaced ones included."""
-        return [r for h, rs in self._billed.items() if config_hash is None or h == config_hash for r in rs]
+        """Cost fields of every record ever stored (for `labels.cost_of`), replaced ones included, and one
+        estimated entry per config for the attempts a kill cut off (`InflightTally`), each priced as the
+        mean delivered answer. Call it when no writer of the run is live (their calls are open)."""
+        open_calls: dict[str, int] = {}
+        for path in self.dir.glob(f"*{InflightTally.SUFFIX}"):
+            head, _, marks = path.read_bytes().partition(b"\n")
+            h = head.decode()
+            open_calls[h] = open_calls.get(h, 0) + max(0, marks.count(b"+") - marks.count(b"-"))
+        out = []
+        for h, rs in self._billed.items():
+            if config_hash is not None and h != config_hash:
+                continue
+            out += rs
+            delivered = [(r["cost_usd"] - r["estimated_usd"]) / (1 + r["reasks"]) for r in rs
+                         if sum(r["usage"].values()) > 0]  # per answer read
+            n = open_calls.get(h, 0)
+            if n and delivered:
+                est = n * sum(delivered) / len(delivered)
+                out.append({"usage": dict.fromkeys(("input", "output", "cache_write", "cache_read"), 0),
+                            "cost_usd": est, "estimated_usd": est, "attempts": n, "reasks": 0, "calls": 0})
+        return out
 
     def done(self, pair_id: str, config_hash: str, order: str, sample: int) -> bool:
         rec = self.index.get((pair_id, config_hash, order, sample))
