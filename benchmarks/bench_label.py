@@ -3,7 +3,7 @@ requests/min by default) and, in the same run, a one-at-a-time loop like the see
 (sync client, `'A' in text`). One label = one judge call (one order of one pair).
 
 Fields: labels_per_s, sequential_labels_per_s, speedup (= first / second), ceiling_labels_per_s (what the
-rate limit allows), ceiling_fraction, lost (calls with no stored answer), repaid (requests the fake
+rate limit allows; null with `--rpm 0`, no limit), ceiling_fraction, lost (calls with no stored answer), repaid (requests the fake
 billed more than once). Goal: ceiling_fraction >= 0.95, speedup >= 50, lost = repaid = 0.
 
 `--faults hostile` (200 pairs by default) runs the pool with its default limits against a fake that
@@ -152,7 +152,7 @@ def run(args) -> int:
     from rlaif_ray.config import FeedbackPoolConfig, JudgeConfig, RateLimitConfig, RayConfig
 
     _quiet_http_logs()
-    args.rpm = args.rpm or 4000.0
+    args.rpm = 4000.0 if args.rpm is None else args.rpm  # 0: no rate limit (then there is no ceiling)
     n_pairs = args.pairs or (650 if args.quick else 3000)
     n_seq = args.sequential_calls or (6 if args.quick else 20)
     os.environ.setdefault(BENCH_KEY_ENV, "sk-bench-not-a-real-key")
@@ -179,29 +179,25 @@ def run(args) -> int:
         fake.terminate()
         fake.wait(10)
     rate = out["summary"]["ok"] / out["seconds"]
-    ceiling = args.rpm / 60.0
+    ceiling = args.rpm / 60.0 or None
     lost = out["lost"]
     result = {"labels_per_s": round(rate, 3), "sequential_labels_per_s": round(seq_rate, 3),
-              "speedup": round(rate / seq_rate, 2), "ceiling_labels_per_s": round(ceiling, 3),
-              "ceiling_fraction": round(rate / ceiling, 4), "lost": lost, "repaid": stats["repaid"],
+              "speedup": round(rate / seq_rate, 2), "ceiling_labels_per_s": ceiling and round(ceiling, 3),
+              "ceiling_fraction": ceiling and round(rate / ceiling, 4), "lost": lost, "repaid": stats["repaid"],
               "label_unit": "one judge call (one order of one pair)", "calls": out["tasks"],
               "pool_seconds": round(out["seconds"], 2), "sequential_calls": n_seq, "actors": args.actors,
               "latency_s": args.latency, "jitter": args.jitter, "rpm": args.rpm,
               "fake_429_rate_limited": stats["requests"].get("429-rate", 0),
               "fake_max_in_flight": stats["max_in_flight"], "sequential_billed": seq_stats["billable"],
               "quick": bool(args.quick)}
-    _table(result, ("labels_per_s", "sequential_labels_per_s", "speedup", "ceiling_labels_per_s",
-                    "ceiling_fraction", "lost", "repaid"))
+    print(f"{'metric':<28}{'value':>14}")
+    for k in ("labels_per_s", "sequential_labels_per_s", "speedup", "ceiling_labels_per_s", "ceiling_fraction",
+              "lost", "repaid"):
+        print(f"{k:<28}{result[k]!s:>14}")
     _write(args, result)
-    ok = result["ceiling_fraction"] >= 0.95 and result["speedup"] >= 50 and lost == 0 and stats["repaid"] == 0
+    ok = (ceiling is None or result["ceiling_fraction"] >= 0.95) and result["speedup"] >= 50 and lost == 0 and stats["repaid"] == 0
     print("goal met" if ok else "goal NOT met")
     return 0
-
-
-def _table(result: dict, keys) -> None:
-    print(f"{'metric':<28}{'value':>14}")
-    for k in keys:
-        print(f"{k:<28}{result[k]:>14}")
 
 
 def _write(args, result: dict) -> None:
@@ -219,7 +215,7 @@ def _run_hostile(args) -> int:
     from rlaif_ray.feedback.types import Usage
 
     _quiet_http_logs()
-    args.rpm = args.rpm or 600.0
+    args.rpm = 600.0 if args.rpm is None else args.rpm
     n_pairs = args.pairs or (60 if args.quick else 200)
     os.environ.setdefault(BENCH_KEY_ENV, "sk-bench-not-a-real-key")
     port = _free_port()

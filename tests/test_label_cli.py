@@ -138,6 +138,25 @@ def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_ag
     assert (cumulative["estimated_usd"] > 0) == (killed["abandoned"] > 0)
 
 
+def test_spend_budget_stops_before_it_is_crossed_and_a_higher_one_resumes(tmp_path, fake):
+    n = 30
+    _pairs(tmp_path / "pairs.jsonl", n)
+    fake.latency_s = 0.05
+    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=8"]
+    budget = 0.004  # about a third of what the 60 calls cost
+    assert _label(tmp_path, fake, *opts, f"pool.max_cost_usd={budget}").wait(120) == 3
+    first = json.loads((tmp_path / "run" / "summary.json").read_text())
+    spent = first["cost_cumulative"]["cost_usd"]
+    assert first["stopped_by_budget"] and 0 < first["labeled"] < n
+    assert 0.5 * budget < spent <= budget  # it stopped before the budget, not long before it
+    assert fake.stats()["billable"] == _stored(tmp_path / "run")  # nothing in flight was dropped
+
+    assert _label(tmp_path, fake, *opts, "pool.max_cost_usd=1.0").wait(120) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["labeled"] == n and not summary["stopped_by_budget"]
+    assert fake.stats()["repaid"] == 0 and fake.stats()["billable"] == 2 * n
+
+
 def test_batches_driver_killed_while_polling_resumes_without_resubmitting(tmp_path, fake):
     n = 40
     _pairs(tmp_path / "pairs.jsonl", n)

@@ -46,7 +46,7 @@ def run(cfg: LabelJob, args) -> int:
                "calls_per_s": round(len(new_records) / seconds, 3) if seconds > 0 else None,
                **stats, "cost_run": cost_of(new_records), "cost_cumulative": cost_of(store.ledger()),
                "prices_per_mtok": prices_of(jcfg),
-               "pool": run_summary, "nodes": pending.nodes, "torn_lines": store.torn_lines}
+               "stopped_by_budget": bool(run_summary.get("budget_stopped")), "pool": run_summary, "nodes": pending.nodes, "torn_lines": store.torn_lines}
     if cfg.gold.enabled:
         from ..eval.gold import agreement, gold_preferences
 
@@ -62,4 +62,8 @@ def run(cfg: LabelJob, args) -> int:
           f"position consistency {stats['position_consistency']}; summary {summary_path}")
     if pending.interrupted:
         return 130
+    if run_summary.get("budget_stopped"):
+        print(f"stopped at the spend budget (pool.max_cost_usd={cfg.pool.max_cost_usd}) with {stats['labeled']}/"
+              f"{len(pairs)} pairs labeled; re-run with a higher budget to go on")
+        return 3
     return 0 if stats["unlabeled"] == 0 else 1

@@ -153,6 +153,10 @@ class FeedbackPoolConfig:
     retry: RetryConfig = field_(RetryConfig(), "retry policy for API judges")
     timeout_s: float = field_(3600.0, "deadline of one pool call (start-up, a batch of compare or score); "
                               "label shards are watched by the dispatch loop instead", gt=0)
+    max_cost_usd: float | None = field_(
+        None, "spend budget of a label run_dir for this judge config, earlier runs included: a call is sent only "
+        "while what is spent plus the calls in flight (priced as the mean stored call) stays within it; the "
+        "run then ends cleanly (exit 3) and resumes with a higher budget. Messages path only", ge=0)
 
 
 @dataclass

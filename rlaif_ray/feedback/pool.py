@@ -55,7 +55,11 @@ class FeedbackPool:
         for a in self.actors:
             a.drain.remote()
 
-    def label(self, tasks: list[Task], on_progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    def label(self, tasks: list[Task], on_progress: Callable[[], None] | None = None,
+              budget: Callable[[int], int] | None = None) -> dict[str, Any]:
+        """Judge and store `tasks`. `budget(dispatched)`: how many more calls may be sent now, given how
+        many this run has sent (a spend limit); when it allows none and nothing runs, the run stops with
+        `budget_stopped`."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -64,16 +68,23 @@ class FeedbackPool:
         load = [0] * len(self.actors)
         failures = [0] * len(self.actors)
         totals = {"ok": 0, "failed": 0, "skipped": 0, "cost_usd": 0.0, "estimated_usd": 0.0, "attempts": 0,
-                  "reasks": 0, "requeued_shards": 0,
+                  "reasks": 0, "requeued_shards": 0, "budget_stopped": False,
                   "usage": {"input": 0, "output": 0, "cache_write": 0, "cache_read": 0}}
+        dispatched = 0
         while queue or running:
             if not self.stop_requested:
                 for i, actor in enumerate(self.actors):
                     while queue and load[i] < self._backlog() and failures[i] < MAX_ACTOR_FAILURES:
-                        shard = [queue.popleft() for _ in range(min(len(queue), self._shard_len(len(queue))))]
+                        n = min(len(queue), self._shard_len(len(queue)))
+                        n = n if budget is None else min(n, budget(dispatched))
+                        if n <= 0:
+                            break
+                        shard = [queue.popleft() for _ in range(n)]
                         running[actor.label.remote(shard)] = (i, shard)
                         load[i] += len(shard)
+                        dispatched += n
             if not running:
+                totals["budget_stopped"] = bool(queue) and not self.stop_requested and budget is not None
                 if all(f >= MAX_ACTOR_FAILURES for f in failures):
                     raise RuntimeError(f"every pool actor died {MAX_ACTOR_FAILURES} times; {len(queue)} shards left")
                 break  # stop requested

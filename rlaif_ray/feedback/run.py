@@ -44,6 +44,27 @@ class Progress:
         self.bar.close()
 
 
+class SpendBudget:
+    """`pool.max_cost_usd` as the pool's dispatch limit: a call is sent only while the store's cumulative
+    spend for this config (earlier runs, failed calls and estimates included) plus the calls sent and not
+    yet stored, each priced as the mean stored call, leaves room for it. Before any call is priced, one
+    goes out alone."""
+
+    def __init__(self, max_usd: float, store: LabelStore, chash: str):
+        self.max_usd, self.store, self.chash = max_usd, store, chash
+        self.records_at_start = store.spent(chash)[0]
+
+    def __call__(self, dispatched: int) -> int:
+        records, spent = self.store.spent(self.chash)
+        in_flight = max(0, dispatched - (records - self.records_at_start))
+        if records == 0:
+            return 1 if in_flight == 0 and spent < self.max_usd else 0
+        mean = spent / records
+        if mean <= 0:
+            return 1 << 30
+        return max(0, int((self.max_usd - spent) / mean) - in_flight)
+
+
 class Pending:
     def __init__(self, judge: JudgeConfig, run_dir: str, pairs: list):
         self.judge, self.run_dir = judge, run_dir
@@ -62,6 +83,9 @@ class Pending:
         """Run the calls not stored; the pool's (or the batches') summary. The store is refreshed after."""
         if not self.todo:
             return {}
+        if pool_cfg.max_cost_usd is not None and self.judge.kind == "anthropic-batch":
+            raise ValueError("pool.max_cost_usd: not supported with pool.judge.kind=anthropic-batch yet (a batch "
+                             "is priced only when it ends); use kind=anthropic or leave it unset")
         progress = Progress(len(self.todo), self.store, self.chash, len(self.tasks) - len(self.todo), desc)
         try:
             if self.judge.kind == "anthropic-batch":
@@ -84,11 +108,13 @@ class Pending:
 
         stop = StopSignal((signal.SIGTERM, signal.SIGINT), pool.drain, "finishing calls in flight, then exiting")
         try:
+            budget = None if pool_cfg.max_cost_usd is None else SpendBudget(pool_cfg.max_cost_usd, self.store,
+                                                                            self.chash)
             if not interruptible:
-                return pool.label(self.todo, progress)
+                return pool.label(self.todo, progress, budget)
             with stop:
                 try:
-                    return pool.label(self.todo, progress)
+                    return pool.label(self.todo, progress, budget)
                 finally:
                     self.interrupted = stop.requested
         finally:

@@ -149,6 +149,11 @@ class LabelStore:
         t["cost_usd"] += rec["cost_usd"]
         return 1
 
+    def spent(self, config_hash: str) -> tuple[int, float]:
+        """(records ever stored, their dollars) for a config: what a spend budget counts, cheaply."""
+        rs = self._billed.get(config_hash, [])
+        return len(rs), self.totals.get(config_hash, {}).get("cost_usd", 0.0)
+
     def ledger(self, config_hash: str | None = None) -> list[dict[str, Any]]:
         """Cost fields of every record ever stored (for `labels.cost_of`), replaced ones included, and one
         estimated entry per config for the attempts a kill cut off (`InflightTally`), each priced as the
