@@ -138,11 +138,14 @@ def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_ag
     assert (cumulative["estimated_usd"] > 0) == (killed["abandoned"] > 0)
 
 
-def test_spend_budget_stops_before_it_is_crossed_and_a_higher_one_resumes(tmp_path, fake):
+def test_dry_run_sends_nothing_and_a_spend_budget_stops_before_it_is_crossed(tmp_path, fake):
     n = 30
     _pairs(tmp_path / "pairs.jsonl", n)
     fake.latency_s = 0.05
     opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=8"]
+    assert _label(tmp_path, fake, *opts, "--dry-run").wait(120) == 0
+    estimate = json.loads((tmp_path / "run" / "dry_run.json").read_text())
+    assert fake.stats()["requests"] == {} and estimate["calls"] == 2 * n  # nothing was sent
     budget = 0.004  # about a third of what the 60 calls cost
     assert _label(tmp_path, fake, *opts, f"pool.max_cost_usd={budget}").wait(120) == 3
     first = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -155,6 +158,9 @@ def test_spend_budget_stops_before_it_is_crossed_and_a_higher_one_resumes(tmp_pa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["labeled"] == n and not summary["stopped_by_budget"]
     assert fake.stats()["repaid"] == 0 and fake.stats()["billable"] == 2 * n
+    # The fake counts 4 characters a token too and answers one token: the bill is the estimate's floor.
+    assert summary["cost_cumulative"]["cost_usd"] == pytest.approx(estimate["cost_usd_min"], abs=1e-6)
+    assert estimate["cost_usd_max"] > estimate["cost_usd_min"]
 
 
 def test_batches_driver_killed_while_polling_resumes_without_resubmitting(tmp_path, fake):

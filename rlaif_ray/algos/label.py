@@ -19,6 +19,52 @@ from ..config import LabelJob
 log = logging.getLogger(__name__)
 
 
+def add_arguments(p) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help="estimate tokens and dollars of the calls the input still needs (4 characters a token, "
+                        "the judge's own prompts and price table), judging nothing; writes run_dir/dry_run.json")
+
+
+def _dry_run(cfg: LabelJob, pending, run_dir: Path) -> int:
+    """Tokens and dollars of every call not yet stored, from the prompts the judge would send: input at 4
+    characters a token (no request is made, so no provider's count_tokens), the system prefix billed as a
+    cache write then reads when Anthropic prompt caching is on, output between 1 token and max_tokens per
+    call, half price on the Batches API."""
+    from ..feedback.cost import cost_usd, prices_of
+    from ..feedback.judge_api import COT_MIN_TOKENS, DEFAULT_MAX_TOKENS
+    from ..feedback.prompts import pair_system, pair_user, score_system, score_user
+    from ..feedback.rubrics import load_rubric
+    from ..feedback.types import Usage
+
+    j = cfg.pool.judge
+    rubric = load_rubric(j.rubric)
+    if j.protocol == "pointwise":
+        system = score_system(rubric, j.cot, j.scale)
+        users = [score_user(t.prompt, text, j.scale) for t in pending.todo for text in (t.first, t.second)]
+    else:
+        system = pair_system(rubric, j.cot)
+        users = [pair_user(t.prompt, t.first, t.second) for t in pending.todo]
+    n, tokens = len(users), (lambda text: len(text) // 4 + 1)
+    sys_t, user_t = tokens(system), sum(tokens(u) for u in users)
+    cached = j.prompt_caching and j.kind in ("anthropic", "anthropic-batch") and n > 0
+    base = Usage(input=user_t + (0 if cached else n * sys_t), cache_write=sys_t if cached else 0,
+                 cache_read=(n - 1) * sys_t if cached else 0)
+    max_out = j.max_tokens or (COT_MIN_TOKENS if j.cot else DEFAULT_MAX_TOKENS)
+    if j.cot:
+        max_out = max(max_out, COT_MIN_TOKENS)
+    prices, batch = prices_of(j), j.kind == "anthropic-batch"
+    low, high = (cost_usd(Usage(input=base.input, output=n * out, cache_write=base.cache_write,
+                                cache_read=base.cache_read), prices, batch) for out in (1, max_out))
+    estimate = {"calls": n, "calls_stored": len(pending.tasks) - len(pending.todo), "input_tokens": base.input,
+                "cache_write_tokens": base.cache_write, "cache_read_tokens": base.cache_read,
+                "output_tokens_max": n * max_out, "cost_usd_min": round(low, 6), "cost_usd_max": round(high, 6),
+                "token_count": "estimate: 4 characters a token", "prices_per_mtok": prices, "batch": batch}
+    (run_dir / "dry_run.json").write_text(json.dumps(estimate, indent=2))
+    print(f"dry run: {n} calls to make ({estimate['calls_stored']} stored), ~{base.input + base.cache_write + base.cache_read}"
+          f" input tokens, up to {n * max_out} output tokens: ${low:.4f}-${high:.4f} -> {run_dir / 'dry_run.json'}")
+    return 0
+
+
 def run(cfg: LabelJob, args) -> int:
     from ..data import read_pairs, write_rows
     from ..feedback import consolidate
@@ -34,6 +80,8 @@ def run(cfg: LabelJob, args) -> int:
     pairs = read_pairs(cfg.input, limit=cfg.max_examples)
     pending = Pending(jcfg, str(run_dir), pairs)
     store, chash, jid = pending.store, pending.chash, pending.judge_id
+    if getattr(args, "dry_run", False):
+        return _dry_run(cfg, pending, run_dir)
     t0 = time.perf_counter()
     run_summary = pending.run(cfg.pool, cfg.ray, interruptible=True)
     seconds = time.perf_counter() - t0
