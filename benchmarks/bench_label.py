@@ -138,11 +138,16 @@ def _label_pass(cfg, rows: list[dict], work: Path) -> dict:
             "ledger": cost_of(store.ledger(chash))}
 
 
-def _quiet_http_logs() -> None:
+def _serve_fake(args, prefix: str) -> tuple[str, Path, subprocess.Popen]:
+    """The fake API on a free port (its log in a fresh work dir), a placeholder key, quiet HTTP logs."""
     import logging
 
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    os.environ.setdefault(BENCH_KEY_ENV, "sk-bench-not-a-real-key")
+    port = _free_port()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    return f"http://127.0.0.1:{port}", work, _start_fake(args, port, work / "fake.log")
 
 
 def run(args) -> int:
@@ -151,15 +156,10 @@ def run(args) -> int:
     from rlaif_ray.cluster import init_ray
     from rlaif_ray.config import FeedbackPoolConfig, JudgeConfig, RateLimitConfig, RayConfig
 
-    _quiet_http_logs()
     args.rpm = 4000.0 if args.rpm is None else args.rpm  # 0: no rate limit (then there is no ceiling)
     n_pairs = args.pairs or (650 if args.quick else 3000)
     n_seq = args.sequential_calls or (6 if args.quick else 20)
-    os.environ.setdefault(BENCH_KEY_ENV, "sk-bench-not-a-real-key")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    work = Path(tempfile.mkdtemp(prefix="bench-label-"))
-    fake = _start_fake(args, port, work / "fake.log")
+    url, work, fake = _serve_fake(args, "bench-label-")
     try:
         rows = _rows(max(n_pairs, n_seq))
         # The sequential loop only waits on the network: run it while Ray starts, then label with the pool
@@ -211,17 +211,12 @@ def _run_hostile(args) -> int:
     and fresh fake counters; the pool runs its default rate limit, retry and re-ask settings."""
     from rlaif_ray.cluster import init_ray
     from rlaif_ray.config import FeedbackPoolConfig, JudgeConfig, RayConfig
-    from rlaif_ray.feedback.cost import CLAUDE_PRICES, cost_usd
-    from rlaif_ray.feedback.types import Usage
+    from rlaif_ray.feedback.cost import CLAUDE_PRICES
+    from rlaif_ray.testing.fake_api import billed_usd
 
-    _quiet_http_logs()
     args.rpm = 600.0 if args.rpm is None else args.rpm
     n_pairs = args.pairs or (60 if args.quick else 200)
-    os.environ.setdefault(BENCH_KEY_ENV, "sk-bench-not-a-real-key")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    work = Path(tempfile.mkdtemp(prefix="bench-label-hostile-"))
-    fake = _start_fake(args, port, work / "fake.log")
+    url, work, fake = _serve_fake(args, "bench-label-hostile-")
     judge = JudgeConfig(kind="anthropic", model="fake-judge", base_url=url, price_per_mtok=CLAUDE_PRICES)
     cfg = FeedbackPoolConfig(num_actors=args.actors, judge=judge)  # default limits: the fake's are lower
     rows = _rows(n_pairs)
@@ -233,10 +228,7 @@ def _run_hostile(args) -> int:
             out = _label_pass(cfg, rows, work / name)
             time.sleep(1.0 if name == "baseline" else 32.0)  # let abandoned stalls finish: they are billed too
             stats = _stats(url)
-            u = stats["billed_usage"]
-            billed_usd = cost_usd(Usage(input=u.get("input_tokens", 0), output=u.get("output_tokens", 0),
-                                        cache_write=u.get("cache_creation_input_tokens", 0),
-                                        cache_read=u.get("cache_read_input_tokens", 0)), CLAUDE_PRICES)
+            billed = billed_usd(stats, CLAUDE_PRICES)
             ledger, limiter = out["ledger"], out["summary"]["limiter"] or {}
             late_billed = stats["billed_after_60s"]
             passes[name] = {
@@ -248,9 +240,9 @@ def _run_hostile(args) -> int:
                 "rate_429_after_60s": stats["rate_429_after_60s"], "billed_after_60s": late_billed,
                 "rate_429_fraction_after_60s": round(stats["rate_429_after_60s"] / late_billed, 4) if late_billed else 0.0,
                 "injected_429": stats["requests"].get("fault-429", 0), "reasks": ledger["reasks"],
-                "attempts": ledger["attempts"], "billed_usd": round(billed_usd, 6),
+                "attempts": ledger["attempts"], "billed_usd": round(billed, 6),
                 "stored_usd": round(ledger["cost_usd"], 6), "estimated_usd": round(ledger["estimated_usd"], 6),
-                "cost_error": round(ledger["cost_usd"] / billed_usd - 1, 4) if billed_usd else 0.0,
+                "cost_error": round(ledger["cost_usd"] / billed - 1, 4) if billed else 0.0,
                 "repaid": stats["repaid"], "repaid_after_delivery": stats["repaid_after_delivery"],
                 "abandoned": stats["abandoned"],
                 "faults_hit": {k.removeprefix("fault-"): v for k, v in stats["requests"].items() if k.startswith("fault-")},

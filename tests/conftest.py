@@ -36,6 +36,20 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture()
+def fake(monkeypatch):
+    """The loopback API fake requiring a key that both SDKs read from the environment (modules that need
+    another set-up define their own `fake`)."""
+    from rlaif_ray.testing.fake_api import FakeAPI
+
+    key = "sk-ant-test-SECRET-4242"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    server = FakeAPI(api_key=key).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A ~2M-parameter Llama + BPE tokenizer built locally and saved with save_pretrained."""

@@ -15,20 +15,10 @@ from rlaif_ray.feedback.parsing import ParseError, p_from_logprobs, parse_letter
 from rlaif_ray.feedback.ratelimit import RateLimiter
 from rlaif_ray.feedback.store import ShardWriter, record_of
 from rlaif_ray.feedback.types import Usage, Verdict
-from rlaif_ray.testing.fake_api import FakeAPI, p_first, score_of, yes_probability
+from rlaif_ray.testing.fake_api import p_first, score_of, yes_probability
 
-KEY = "sk-ant-test-SECRET-4242"
 FN = "rlaif_ray.testing.judge_functions"
 FAST_RETRY = RetryConfig(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, retry_after_cap_s=0.2, timeout_s=5)
-
-
-@pytest.fixture()
-def fake(monkeypatch):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    server = FakeAPI(api_key=KEY).start()
-    yield server
-    server.stop()
 
 
 def _judge(fake, kind, retry=FAST_RETRY, **kw):

@@ -3,31 +3,21 @@ attempt timeout starts at send, the limiter learns the real limit and is not sta
 retry-after, 529s are retried for max_wait_s, answers without a verdict are re-asked, and every billed
 attempt is in the cost. No Ray here (test_label_pool.py has the pool's shared budget)."""
 
-import asyncio
 
 import pytest
+from test_feedback import _many
 
 from rlaif_ray.config import JudgeConfig, RateLimitConfig, RetryConfig
 from rlaif_ray.feedback import LabelStore, Task, make_judge
-from rlaif_ray.feedback.cost import CLAUDE_PRICES, cost_usd
+from rlaif_ray.feedback.cost import CLAUDE_PRICES
 from rlaif_ray.feedback.labels import cost_of
 from rlaif_ray.feedback.parsing import ParseError, parse_letter
 from rlaif_ray.feedback.ratelimit import RateLimiter
 from rlaif_ray.feedback.store import InflightTally, ShardWriter, record_of
 from rlaif_ray.feedback.types import Usage
-from rlaif_ray.testing.fake_api import FakeAPI, p_first
+from rlaif_ray.testing.fake_api import billed_usd, p_first
 
-KEY = "sk-ant-hostile-SECRET-1717"
 RETRY = RetryConfig(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, retry_after_cap_s=0.2, timeout_s=5)
-
-
-@pytest.fixture()
-def fake(monkeypatch):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    server = FakeAPI(api_key=KEY).start()
-    yield server
-    server.stop()
 
 
 def _judge(fake, kind="anthropic", retry=RETRY, rpm=0.0, **kw):
@@ -40,21 +30,8 @@ def _tasks(n, tag="r"):
     return [Task(f"p{i}", "q", f"{tag} one {i}", f"{tag} two {i}") for i in range(n)]
 
 
-def _many(judge, tasks):
-    async def go():
-        try:
-            return await judge.judge_many(tasks)
-        finally:
-            await judge.close()
-
-    return asyncio.run(go())
-
-
 def _billed_usd(fake) -> float:
-    u = fake.stats()["billed_usage"]
-    return cost_usd(Usage(input=u.get("input_tokens", 0), output=u.get("output_tokens", 0),
-                          cache_write=u.get("cache_creation_input_tokens", 0),
-                          cache_read=u.get("cache_read_input_tokens", 0)), CLAUDE_PRICES)
+    return billed_usd(fake.stats(), CLAUDE_PRICES)
 
 
 def _right(task, v) -> bool:

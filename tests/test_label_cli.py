@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rlaif_ray.feedback.cost import CLAUDE_PRICES, cost_usd
-from rlaif_ray.feedback.types import Usage
-from rlaif_ray.testing.fake_api import FakeAPI
+from rlaif_ray.feedback.cost import CLAUDE_PRICES
+from rlaif_ray.testing.fake_api import FakeAPI, billed_usd
 
 KEY = "sk-ant-api03-NEVER-WRITE-ME-5150"
 
@@ -129,10 +128,7 @@ def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_ag
     assert stats["repaid_after_delivery"] == 0 and stats["repaid"] == killed["abandoned"] <= 2 * 4
     assert stats["billable"] == 2 * n + killed["abandoned"]
     # The cut-off calls are in the ledger as estimates (each priced as the mean answer): what was billed.
-    u = stats["billed_usage"]
-    billed = cost_usd(Usage(input=u["input_tokens"], output=u["output_tokens"],
-                            cache_write=u["cache_creation_input_tokens"], cache_read=u["cache_read_input_tokens"]),
-                      CLAUDE_PRICES)
+    billed = billed_usd(stats, CLAUDE_PRICES)
     cumulative = summary["cost_cumulative"]
     assert cumulative["cost_usd"] == pytest.approx(billed, rel=0.02)
     assert (cumulative["estimated_usd"] > 0) == (killed["abandoned"] > 0)

@@ -52,6 +52,17 @@ ANSWER_FAULTS = ("no_verdict", "empty", "verbose")
 USAGE_KINDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
+def billed_usd(stats: dict[str, Any], price_per_mtok: dict[str, float]) -> float:
+    """Dollars of what the fake billed (its `stats()["billed_usage"]`) at a price table."""
+    from ..feedback.cost import cost_usd
+    from ..feedback.types import Usage
+
+    u = stats["billed_usage"]
+    return cost_usd(Usage(input=u.get("input_tokens", 0), output=u.get("output_tokens", 0),
+                          cache_write=u.get("cache_creation_input_tokens", 0),
+                          cache_read=u.get("cache_read_input_tokens", 0)), price_per_mtok)
+
+
 def quality(text: str) -> float:
     """Deterministic 'quality' of a response in [0, 1)."""
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32
