@@ -183,3 +183,12 @@ def test_cumulative_cost_keeps_failed_records_a_later_run_replaced(tmp_path):
             tally.done()
     ledger = cost_of(store.ledger("h"))
     assert ledger["estimated_usd"] == pytest.approx(2 * 0.10) and ledger["calls"] == 2 and ledger["attempts"] == 4 + 2
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_a_429_about_the_spend_limit_is_not_retried(fake, kind):
+    fake.faults = [{"kind": "429_quota", "times": 99}]
+    judge, _ = _judge(fake, kind, constrain="none")
+    verdicts = _many(judge, _tasks(3))
+    assert all(not v.ok and v.attempts == 1 and "quota" in v.error for v in verdicts), [v.error for v in verdicts]
+    assert fake.stats()["requests"]["fault-429_quota"] == 3 and fake.stats()["billable"] == 0

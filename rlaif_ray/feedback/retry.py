@@ -6,7 +6,7 @@ jitter on 408/409/429/5xx/529, timeouts, connection errors and malformed respons
 - A server's retry-after delays that request (capped at `retry_after_cap_s`); only what the limiter reads
   from a 429 (a spent or congested budget) slows the others.
 - 429 and 529 say "not now", not "this request is bad": they are retried for as long as `max_wait_s`
-  allows; other errors also stop after `max_attempts`.
+  allows; other errors also stop after `max_attempts`. A 429 about a spend limit or quota is final.
 - `lost` counts attempts the server probably billed but whose answer never arrived (sent and timed out,
   a 2xx with a broken body), so the caller can put their estimated cost in the ledger.
 """
@@ -50,6 +50,15 @@ def is_retryable(exc: BaseException) -> bool:
     transient = {"APITimeoutError", "APIConnectionError", "APIResponseValidationError", "TimeoutError",
                  "ConnectionError", "JSONDecodeError", "RemoteProtocolError", "ReadError"}
     return bool(names & transient) or isinstance(exc, (json.JSONDecodeError, asyncio.TimeoutError))
+
+
+def spend_limited(exc: BaseException) -> bool:
+    """A 429 that is about money, not pace (OpenAI's `insufficient_quota`, a spend or credit limit): waiting
+    will not help, so it is not retried."""
+    if _status(exc) != 429:
+        return False
+    text = f"{getattr(exc, 'body', '')} {exc}".lower()
+    return any(w in text for w in ("insufficient_quota", "spend limit", "credit balance", "billing"))
 
 
 def billed_if_lost(exc: BaseException) -> bool:
@@ -119,7 +128,7 @@ async def with_retry(send: Callable[[], Awaitable[T]], cfg: RetryConfig, acquire
             if tally is not None:
                 tally.done()
             lost += billed_if_lost(exc)
-            if not is_retryable(exc):
+            if not is_retryable(exc) or spend_limited(exc):
                 raise GaveUp(describe(exc), attempt, lost) from exc
             status = _status(exc)
             if status == 429 and limiter is not None:

@@ -14,7 +14,8 @@ after one clean delivery shows up as `repaid_after_delivery` (`repaid` counts ev
 `billed_usage` sums the tokens billed, by kind. Faults hit the first `times` attempts of a `fraction` of
 request bodies (or of the bodies whose hash falls in `range` [lo, hi), to give fault classes disjoint
 slices):
-- refusals: 429 (+retry-after, with the usual rate-limit headers), 529 overloaded, 500;
+- refusals: 429 (+retry-after, with the usual rate-limit headers), 429_quota (a spend limit), 529
+  overloaded, 500;
 - transport: slow (a delay), stall (a delay, then a billed answer: abandoned if the client gave up),
   timeout (a hang, then a dropped connection, not billed), reset (dropped connection, not billed),
   malformed (a 200 with a truncated body, billed);
@@ -46,7 +47,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-FAULT_KINDS = ("429", "529", "500", "slow", "stall", "timeout", "malformed", "reset", "no_verdict", "empty",
+FAULT_KINDS = ("429", "429_quota", "529", "500", "slow", "stall", "timeout", "malformed", "reset", "no_verdict", "empty",
                "verbose", "batch_errored", "batch_expired")
 ANSWER_FAULTS = ("no_verdict", "empty", "verbose")
 USAGE_KINDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -335,6 +336,9 @@ class FakeAPI:
             if fault:
                 self.counts[f"fault-{fault['kind']}"] += 1
                 kind = fault["kind"]
+                if kind == "429_quota":  # a spend limit: retrying cannot help
+                    return self._error(429, "insufficient_quota", "You exceeded your current quota (spend limit "
+                                       "reached); check your plan and billing details")
                 if kind in ("429", "529", "500"):
                     etype = {"429": "rate_limit_error", "529": "overloaded_error", "500": "api_error"}[kind]
                     headers = {"retry-after": str(fault["retry_after"])} if "retry_after" in fault else {}
