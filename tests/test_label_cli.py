@@ -119,6 +119,7 @@ def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_ag
     killed = fake.stats()
     assert killed["billable"] == stored_at_kill + killed["abandoned"]  # every delivered answer is on disk
 
+    fake.latency_s = 0.05
     assert _label(tmp_path, fake, *opts).wait(240) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     stats = fake.stats()
