@@ -129,3 +129,44 @@ def test_ppo_loss_combines_terms():
     # pg = −1, vf = ½·1 = 0.5, entropy 0.5: −1 + 0.1·0.5 − 0.01·0.5
     assert loss.item() == pytest.approx(-1 + 0.05 - 0.005)
     assert {"pg_loss", "vf_loss", "entropy", "clip_frac", "approx_kl", "value_error"} <= set(stats)
+
+
+def test_group_advantages_by_hand():
+    scores = torch.tensor([1.0, 0.0, 2.0, 5.0, 5.0, 3.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])  # the last prompt kept one sample: no baseline
+    std0 = torch.tensor([1.0, 0.0, 2.0]).std()  # unbiased, as GRPO
+    grpo = ppo.group_advantages(scores, groups, "grpo")
+    assert torch.allclose(grpo[:3], torch.tensor([0.0, -1.0, 1.0]) / (std0 + 1e-6))
+    assert torch.equal(grpo[3:], torch.zeros(3))  # equal rewards: nothing to learn; alone: nothing either
+    assert torch.allclose(ppo.group_advantages(scores, groups, "dr_grpo")[:3], torch.tensor([0.0, -1.0, 1.0]))
+    # RLOO: each sample against the mean of the others in its group
+    assert torch.allclose(ppo.group_advantages(scores, groups, "rloo")[:3], torch.tensor([1 - 1.0, 0 - 1.5, 2 - 0.5]))
+    with pytest.raises(ValueError, match="expected grpo"):
+        ppo.group_advantages(scores, groups, "ppo")
+
+
+def test_clip_higher_and_loss_aggregation():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    adv = torch.ones(2, 4)
+    old = torch.zeros(2, 4)
+    new = torch.full((2, 4), math.log(1.25))  # ratio 1.25: clipped at 1.2, kept under clip-higher 0.28
+    sym, _ = ppo.policy_loss(new, old, adv, mask, 0.2)
+    high, _ = ppo.policy_loss(new, old, adv, mask, 0.2, clip_ratio_high=0.28)
+    assert sym.item() == pytest.approx(-1.2) and high.item() == pytest.approx(-1.25)
+    x = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
+    assert ppo.aggregate(x, mask).item() == pytest.approx((1 + 2 + 3 + 4) / 4)            # every token alike
+    assert ppo.aggregate(x, mask, "seq_mean").item() == pytest.approx((2.0 + 4.0) / 2)     # every sequence alike
+    assert ppo.aggregate(x, mask, "seq_sum", max_tokens=4).item() == pytest.approx((6 / 4 + 4 / 4) / 2)
+
+
+def test_kl_loss_term_pulls_towards_the_reference():
+    mask = torch.ones(1, 3)
+    ref = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
+    logp = torch.log(torch.tensor([[0.9, 0.9, 0.9]])).requires_grad_()
+    zeros = torch.zeros(1, 3)
+    loss, stats = ppo.ppo_loss(logp, logp.detach(), zeros, None, None, None, zeros, mask, 0.2, 0.2, 0.0, 0.0,
+                             ref_logprobs=ref, kl_loss_coef=0.5)
+    k3 = (0.5 / 0.9 - 1) - math.log(0.5 / 0.9)
+    assert stats["kl_loss"].item() == pytest.approx(k3, rel=1e-5) and loss.item() == pytest.approx(0.5 * k3, rel=1e-5)
+    loss.backward()
+    assert (logp.grad > 0).all()  # descending lowers log pi where pi > pi_ref

@@ -85,3 +85,21 @@ def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, 
             assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (got["step"], k)
     steps = [json.loads(line)["step"] for line in (crash / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))  # the crashed run's step-4 line was replaced, not duplicated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "reinforce_pp"])
+def test_critic_free_estimators_raise_the_toy_reward(ray_session, tmp_path, advantage):
+    extra = {"ppo.kl_coef": 0.02, "ppo.kl_loss_coef": 0.0} if advantage == "reinforce_pp" else {}
+    cfg = load(TrainPPOJob, str(ROOT / "configs/train_grpo_toy.yaml"),
+               [f"run_dir={tmp_path}", f"prompts={ROOT / 'configs/train_ppo_toy.prompts.jsonl'}", "ppo.steps=6",
+                f"ppo.advantage={advantage}", *[f"{k}={v}" for k, v in extra.items()]])
+    rows = train_ppo.train(cfg)
+    rewards = [r["reward_mean"] for r in rows]
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.05, rewards
+    assert all(r["sync_verified"] and "vf_loss" not in r for r in rows)  # no critic anywhere
+    assert all(math.isfinite(r["pg_loss"]) and math.isfinite(r["kl"]) for r in rows)
+    if advantage == "grpo":
+        assert all(math.isfinite(r["kl_loss"]) for r in rows)
+    final = Path(latest_checkpoint(str(tmp_path)))
+    assert not (final / "value_head").exists()

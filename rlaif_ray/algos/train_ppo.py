@@ -4,6 +4,9 @@
     reference logprobs) -> KL-penalised token rewards -> GAE advantages -> ppo_epochs x minibatches
     updates -> weight sync (verified) -> next step
 
+`ppo.advantage` picks the estimator; the loop is the same for all: gae (the critic), or critic-free
+grpo / dr_grpo / rloo (each sample against the other samples of its prompt) and reinforce_pp.
+
 The learner side (policy with its value head or beside a separate critic, the frozen reference on the
 same ranks, the experience maths and the minibatch updates) is `learner.ppo_learners.PPOLearners`.
 Per step one row in `<run_dir>/metrics.jsonl` (keys `ppo/<name>`) and TensorBoard, with a progress
@@ -170,11 +173,12 @@ def ppo_step(run: PPORun, step: int, timer) -> dict:
     sampling = replace(cfg.sampling, seed=None if cfg.sampling.seed is None else cfg.sampling.seed + step * 100_003)
     with timer("generate"):
         outs = run.pool.generate([r.prompt for r in batch_prompts], sampling)
-    kept = [(f"{rec.id}#{j}", text_of(rec.prompt), s) for rec, group in zip(batch_prompts, outs, strict=True)
+    kept = [(f"{rec.id}#{j}", text_of(rec.prompt), s, g) for g, (rec, group) in enumerate(zip(batch_prompts, outs,
+                                                                                             strict=True))
             for j, s in enumerate(group) if s.token_ids]
     if not kept:
         raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
-    ids, texts, samples = (list(x) for x in zip(*kept, strict=True))
+    ids, texts, samples, groups = (list(x) for x in zip(*kept, strict=True))
     with timer("score"):
         scores = torch.tensor(run.reward(texts, [s.text for s in samples]), dtype=torch.float32)
         gold = [float(run.gold(t, s.text)) for t, s in zip(texts, samples, strict=True)] if run.gold else None
@@ -183,7 +187,7 @@ def ppo_step(run: PPORun, step: int, timer) -> dict:
         raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
                              "stopping, the last checkpoint is kept")
     with timer("train"):
-        batch, rollout = run.learners.experience(samples, scores, run.kl_ctl.value)
+        batch, rollout = run.learners.experience(samples, scores, run.kl_ctl.value, groups)
         try:
             updates = run.learners.update(batch, ids, seed=cfg.learner.seed * 1_000_003 + step * 1009)
         except NonFiniteLossError as e:

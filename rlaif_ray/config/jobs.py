@@ -151,6 +151,24 @@ class PPOConfig:
     critic_path: str | None = field_(None, "backbone of a separate critic (None: the policy's weights)")
     kl_estimator: Literal["k1", "k3"] = field_("k1", "per-token KL estimator in the reward penalty")
     reward_clip: float | None = field_(None, "clip scaled sequence scores to [-c, c] (None: no clip)", gt=0)
+    advantage: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = field_(
+        "gae", "advantage estimator. gae: a critic (ppo.critic) and GAE; critic-free: grpo (reward minus its "
+        "prompt group's mean, over the group's std), dr_grpo (minus the mean only; use loss_agg=seq_sum), rloo "
+        "(minus the mean of the group's other samples), reinforce_pp (token-level KL in the reward, "
+        "reward-to-go, whitened over the batch). The group ones need sampling.n >= 2; kl_coef is then a "
+        "sequence-level penalty on the score")
+    clip_ratio_high: float | None = field_(None, "upper ratio clip 1 + this (clip-higher, DAPO); None: "
+                                           "clip_ratio both ways", gt=0)
+    loss_agg: Literal["token_mean", "seq_mean", "seq_sum"] = field_(
+        "token_mean", "policy loss over tokens: mean over every token of the batch; mean over sequences of each "
+        "one's token mean (GRPO's paper); or each sequence's token sum over sampling.max_new_tokens, averaged "
+        "(Dr. GRPO: no length bias)")
+    kl_loss_coef: float = field_(0.0, "weight of a KL(pi || pi_ref) term (k3 estimator) in the loss, GRPO's "
+                                 "way of staying near the reference (with it, set kl_coef to 0)", ge=0)
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage == "gae"
 
 
 @dataclass
@@ -177,6 +195,9 @@ class TrainPPOJob:
             raise ConfigError(f"ppo.minibatches: {self.ppo.prompts_per_step} prompts x {self.sampling.n} samples "
                               f"= {rows} rows cannot fill {self.ppo.minibatches} minibatches on "
                               f"{self.learner.num_ranks} learner ranks")
+        if self.ppo.advantage in ("grpo", "dr_grpo", "rloo") and self.sampling.n < 2:
+            raise ConfigError(f"sampling.n: {self.sampling.n}, but ppo.advantage={self.ppo.advantage} compares the "
+                              "samples of one prompt with each other: set sampling.n >= 2")
 
 
 @dataclass

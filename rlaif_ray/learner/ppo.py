@@ -80,16 +80,55 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
+def group_advantages(scores: torch.Tensor, groups: torch.Tensor, method: str, eps: float = 1e-6) -> torch.Tensor:
+    """Critic-free sequence advantages from the samples of one prompt (`groups[i]`: sample i's prompt):
+    grpo     A_i = (r_i − mean_g) / (std_g + ε)          (Shao et al. 2024; std over the group, unbiased)
+    dr_grpo  A_i = r_i − mean_g                           (Liu et al. 2025: no std normalisation)
+    rloo     A_i = r_i − mean_{j≠i in g} r_j = n/(n−1)·(r_i − mean_g)   (Ahmadian et al. 2024)
+    A group of one sample has no baseline: its advantage is 0."""
+    adv = torch.zeros_like(scores)
+    for g in groups.unique():
+        idx = (groups == g).nonzero(as_tuple=True)[0]
+        r, n = scores[idx], len(idx)
+        if n < 2:
+            continue
+        centred = r - r.mean()
+        if method == "grpo":
+            adv[idx] = centred / (r.std() + eps)
+        elif method == "dr_grpo":
+            adv[idx] = centred
+        elif method == "rloo":
+            adv[idx] = centred * n / (n - 1)
+        else:
+            raise ValueError(f"group advantage {method!r}: expected grpo, dr_grpo or rloo")
+    return adv
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, how: str = "token_mean", max_tokens: int | None = None):
+    """A per-token loss to a scalar: token_mean (every token of the batch alike), seq_mean (each
+    sequence's token mean, then the mean over sequences), seq_sum (each sequence's token sum over the
+    constant `max_tokens`, then the mean: no length normalisation, Dr. GRPO)."""
+    if how == "token_mean":
+        return masked_mean(x, mask)
+    if how == "seq_mean":
+        return masked_mean(x, mask, dim=1).mean()
+    if how == "seq_sum":
+        return ((x * mask).sum(1) / max_tokens).mean()
+    raise ValueError(f"loss aggregation {how!r}: expected token_mean, seq_mean or seq_sum")
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip_ratio: float):
+                mask: torch.Tensor, clip_ratio: float, clip_ratio_high: float | None = None,
+                agg: str = "token_mean", max_tokens: int | None = None):
     """Clipped surrogate: ρ_t = exp(log π − log π_old),
-    L = mean_t max(−A_t·ρ_t, −A_t·clip(ρ_t, 1−ε, 1+ε)).
+    L = agg_t max(−A_t·ρ_t, −A_t·clip(ρ_t, 1−ε, 1+ε_high)), ε_high = ε unless set (clip-higher, DAPO).
     Returns (loss, stats) with the clip fraction and approx KL(π_old ‖ π) ≈ mean ½(log ρ)²."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_ratio, 1 + high)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, agg, max_tokens)
     with torch.no_grad():
         stats = {"clip_frac": masked_mean((clipped > unclipped).float(), mask),
                  "approx_kl": masked_mean(0.5 * log_ratio ** 2, mask),
@@ -118,12 +157,18 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def ppo_loss(logprobs, old_logprobs, advantages, values, old_values, returns, entropy, mask,
-             clip_ratio: float, value_clip: float, vf_coef: float, entropy_coef: float):
-    """L = L_clip(π) + c_v·L_V − c_H·mean_t H_t; `values` may be None (separate critic trained alone).
-    Returns (loss, stats of every term)."""
-    pg, stats = policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio)
+             clip_ratio: float, value_clip: float, vf_coef: float, entropy_coef: float,
+             clip_ratio_high: float | None = None, agg: str = "token_mean", max_tokens: int | None = None,
+             ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0):
+    """L = L_clip(π) + c_v·L_V − c_H·mean_t H_t + β_loss·mean_t KL_k3(π ‖ π_ref); `values` is None without
+    a value head (separate critic, or a critic-free estimator). Returns (loss, stats of every term)."""
+    pg, stats = policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio_high, agg, max_tokens)
     ent = masked_mean(entropy, mask)
     loss = pg - entropy_coef * ent
+    if kl_loss_coef > 0:
+        kl = masked_mean(kl_penalty(logprobs, ref_logprobs, "k3"), mask)
+        loss = loss + kl_loss_coef * kl
+        stats.update(kl_loss=kl.detach())
     if values is not None:
         vf, vstats = value_loss(values, old_values, returns, mask, value_clip)
         loss = loss + vf_coef * vf

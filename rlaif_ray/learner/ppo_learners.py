@@ -57,32 +57,44 @@ class PPOLearners:
         from .ppo_objective import PPOObjective, ValueObjective
 
         self.ppo, self.pad_id = cfg.ppo, pad_id
-        obj = PPOObjective(cfg.ppo, cfg.sampling.temperature)
+        obj = PPOObjective(cfg.ppo, cfg.sampling.temperature, cfg.sampling.max_new_tokens)
         self.policy = LearnerGroup(cfg.learner, cfg.policy, {"ppo": obj}, wrap=obj.wrap_model,
                                    model_path=model_path, name="policy", strategy=cfg.ray.placement_strategy)
         self.policy.set_reference("initial")
         self.critic = None
-        if cfg.ppo.critic == "separate":
+        if cfg.ppo.uses_critic and cfg.ppo.critic == "separate":
             full = replace(cfg.policy, lora=replace(cfg.policy.lora, enabled=False))  # LoRA targets causal LMs
             self.critic = LearnerGroup(cfg.learner, full, {"ppo_value": ValueObjective(cfg.ppo)},
                                        model_kind=SeparateCritic.from_pretrained,
                                        model_path=cfg.ppo.critic_path or model_path, name="critic",
                                        strategy=cfg.ray.placement_strategy)
 
-    def experience(self, samples, scores: torch.Tensor, kl_coef: float) -> tuple[dict, dict]:
-        """The training batch of one rollout: old logprobs and values, KL-penalised token rewards, GAE
-        advantages (whitened) and returns; plus the rollout's KL, entropy and engine/learner logprob gap."""
+    def experience(self, samples, scores: torch.Tensor, kl_coef: float, groups: list[int] | None = None
+                   ) -> tuple[dict, dict]:
+        """The training batch of one rollout: old logprobs (and values with a critic), advantages by
+        `ppo.advantage` and returns; plus the rollout's KL, entropy and engine/learner logprob gap.
+        `groups[i]` is sample i's prompt (the group estimators compare samples of one prompt)."""
         ppo = self.ppo
         batch = build_batch(samples, self.pad_id)
         mask = batch["response_mask"]
         fwd = self.policy.forward("ppo", batch, model="policy+reference")
-        values = (self.critic.forward("ppo_value", batch) if self.critic is not None else fwd)["values"] * mask
         kl = P.kl_penalty(fwd["logprobs"], fwd["ref_logprobs"], ppo.kl_estimator) * mask
-        rewards = P.token_rewards(P.scale_rewards(scores, ppo.reward_scale, ppo.reward_clip), kl, mask, kl_coef)
-        adv, ret = P.gae(rewards, values, mask, ppo.gamma, ppo.lam)
-        if ppo.whiten_advantages:
-            adv = P.masked_whiten(adv, mask)
+        scores = P.scale_rewards(scores, ppo.reward_scale, ppo.reward_clip)
+        values = torch.zeros_like(mask)
+        if ppo.advantage == "gae":  # a critic's values, KL-penalised token rewards, GAE
+            values = (self.critic.forward("ppo_value", batch) if self.critic is not None else fwd)["values"] * mask
+            adv, ret = P.gae(P.token_rewards(scores, kl, mask, kl_coef), values, mask, ppo.gamma, ppo.lam)
+            if ppo.whiten_advantages:
+                adv = P.masked_whiten(adv, mask)
+        elif ppo.advantage == "reinforce_pp":  # token-level KL in the reward, reward-to-go, batch-whitened
+            ret, _ = P.gae(P.token_rewards(scores, kl, mask, kl_coef), values, mask, ppo.gamma, 1.0)
+            adv = P.masked_whiten(ret, mask)
+        else:  # grpo / dr_grpo / rloo: the sequence reward against its prompt group, on every token
+            seq = P.group_advantages(scores - kl_coef * kl.sum(1), torch.tensor(groups), ppo.advantage)
+            adv, ret = seq[:, None] * mask, torch.zeros_like(mask)
         batch.update(old_logprobs=fwd["logprobs"], old_values=values, advantages=adv, returns=ret)
+        if ppo.kl_loss_coef > 0:
+            batch["ref_logprobs"] = fwd["ref_logprobs"]
         # vLLM sampled from the weights the learner holds: their logprobs must agree (sync sanity check)
         gap = (engine_logprobs(samples, mask) - fwd["logprobs"]).abs()
         return batch, {"kl": kl.sum(1).mean().item(), "entropy": P.masked_mean(fwd["entropy"], mask).item(),

@@ -8,7 +8,7 @@ and, for `loss`, from the rollout phase (same [B, L-1] layout):
 Position t of every [B, L-1] tensor belongs to the logits at t, which predict token t+1.
 
     obj = PPOObjective(ppo_cfg, temperature)
-    model = obj.wrap_model(causal_lm)       # adds the value head when ppo_cfg.critic == "value_head"
+    model = obj.wrap_model(causal_lm)       # adds the value head when GAE uses ppo_cfg.critic == "value_head"
     stats = obj.forward(model, batch)       # {"logprobs", "values"?, "entropy"}: no grad
     loss, stats = obj.loss(model, batch)    # clipped policy + value + entropy terms
 
@@ -36,12 +36,13 @@ class PPOObjective:
 
     name = "ppo"
 
-    def __init__(self, cfg: PPOConfig, temperature: float = 1.0):
+    def __init__(self, cfg: PPOConfig, temperature: float = 1.0, max_new_tokens: int | None = None):
         # The sampled policy is softmax(z / T): ratios and KL must use the same distribution.
         self.cfg, self.temperature = cfg, temperature if temperature > 0 else 1.0
+        self.max_new_tokens = max_new_tokens  # the constant of loss_agg=seq_sum
 
     def wrap_model(self, lm):
-        return PolicyWithValueHead(lm) if self.cfg.critic == "value_head" else lm
+        return PolicyWithValueHead(lm) if self.cfg.uses_critic and self.cfg.critic == "value_head" else lm
 
     def _run(self, model, batch):
         # `model` may be a DeepSpeed engine (its forward arms the ZeRO hooks): type checks on the module
@@ -66,7 +67,8 @@ class PPOObjective:
         c = self.cfg
         return ppo.ppo_loss(logprobs, batch["old_logprobs"], batch["advantages"], values, batch["old_values"],
                             batch["returns"], entropy, batch["response_mask"], c.clip_ratio, c.value_clip,
-                            c.vf_coef, c.entropy_coef)
+                            c.vf_coef, c.entropy_coef, c.clip_ratio_high, c.loss_agg, self.max_new_tokens,
+                            batch.get("ref_logprobs"), c.kl_loss_coef)
 
 
 class ValueObjective:
