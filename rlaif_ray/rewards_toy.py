@@ -24,3 +24,10 @@ def target_word_fraction(prompt: str, response: str, word: str = "the") -> float
 def length_fraction(prompt: str, response: str, target_chars: int = 64) -> float:
     """min(len(response), target) / target: be longer, up to a target."""
     return min(len(response), target_chars) / target_chars
+
+
+def prefer_letters(prompt: str, a: str, b: str) -> float:
+    """A pairwise judge for the toy task: P(a > b) = sigmoid(10 (letters(a) - letters(b)))."""
+    import math
+
+    return 1.0 / (1.0 + math.exp(-10.0 * (letter_fraction(prompt, a) - letter_fraction(prompt, b))))

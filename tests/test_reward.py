@@ -89,3 +89,45 @@ def test_rm_and_function_and_judge_sources(ray_session, rm_dir):
         judge.close()
     assert scores[:2] == [pytest.approx(1 / 9), 1.0]  # (s - 1) / 9
     assert math.isnan(scores[2])  # a failed judge call is missing, never a default
+
+
+def test_judge_pairwise_compares_within_groups_masks_failures_and_never_pays_twice(ray_session, fake, tmp_path):
+    from rlaif_ray.reward import build_reward_source
+    from rlaif_ray.testing.fake_api import p_first
+
+    # Every call that shows a POISON answer gets no verdict (re-asked, then stored as failed).
+    fake.faults = [{"kind": "no_verdict", "when": "POISON", "times": 99}]
+    judge = JudgeConfig(kind="anthropic", model="fake-judge", base_url=fake.base_url)
+    cfg = RewardConfig(source="judge_pairwise", judge=judge)
+    prompts = ["q0"] * 4 + ["q1"] * 2
+    responses = ["alpha", "POISON beta", "gamma", "alpha", "POISON x", "POISON y"]
+    groups = [0, 0, 0, 0, 1, 1]
+    reward = build_reward_source(cfg, RayConfig(), str(tmp_path))
+    try:
+        scores = reward(prompts, responses, groups)
+    finally:
+        reward.close()
+
+    def win(a, b):  # both orders averaged, as the pool labels; the fake answers the argmax letter
+        return (round(p_first(a, b)) + 1 - round(p_first(b, a))) / 2
+
+    # Group 0: "alpha" twice (a tie at 0.5, no call) and "gamma"; POISON beta's comparisons all failed.
+    assert math.isnan(scores[1]) and math.isnan(scores[4]) and math.isnan(scores[5])  # masked, never 0
+    assert scores[0] == pytest.approx((0.5 + win("alpha", "gamma")) / 2)
+    assert scores[2] == pytest.approx(1 - win("alpha", "gamma"))
+    billed = fake.stats()["billable"]
+    assert billed > 0 and fake.stats()["requests"]["fault-no_verdict"] > 0
+
+    # A resumed run (a new pool on the same run_dir) reads the stored comparisons: it pays only for the
+    # failed ones (POISON beta vs alpha and vs gamma, x vs y; both orders), which now succeed, and a third
+    # pass pays for nothing.
+    fake.faults = []
+    again = build_reward_source(cfg, RayConfig(), str(tmp_path))
+    try:
+        rescored = again(prompts, responses, groups)
+        assert fake.stats()["billable"] - billed == 3 * 2
+        assert again(prompts, responses, groups) == rescored and fake.stats()["billable"] - billed == 3 * 2
+    finally:
+        again.close()
+    assert all(math.isfinite(x) for x in rescored) and rescored[4] + rescored[5] == pytest.approx(1.0)
+    assert fake.stats()["repaid_after_delivery"] == 0  # only the verdict-less answers were bought again

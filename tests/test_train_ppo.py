@@ -56,13 +56,13 @@ def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, 
     # NaN reward at step 5: stop with the ids, keep the step-3 checkpoint
     crash, real, batches = tmp_path / "crash", reward_pkg.build_reward_source, []
 
-    def nan_at_step_5(cfg, ray_cfg=None):
-        source = real(cfg, ray_cfg)
+    def nan_at_step_5(cfg, ray_cfg=None, run_dir=None):
+        source = real(cfg, ray_cfg, run_dir)
 
         class NanAtStep5:
-            def __call__(self, prompts, responses):
+            def __call__(self, prompts, responses, groups=None):
                 batches.append(len(responses))
-                return [math.nan] * len(responses) if len(batches) == 5 else source(prompts, responses)
+                return [math.nan] * len(responses) if len(batches) == 5 else source(prompts, responses, groups)
 
             def close(self):
                 source.close()
@@ -87,16 +87,27 @@ def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, 
     assert steps == list(range(1, STEPS + 1))  # the crashed run's step-4 line was replaced, not duplicated
 
 
+PAIRWISE_JUDGE = {"reward.source": "judge_pairwise", "reward.judge.kind": "function",
+                  "reward.judge.function": "rlaif_ray.rewards_toy:prefer_letters"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("advantage", ["grpo", "rloo", "reinforce_pp"])
-def test_critic_free_estimators_raise_the_toy_reward(ray_session, tmp_path, advantage):
-    extra = {"ppo.kl_coef": 0.02, "ppo.kl_loss_coef": 0.0} if advantage == "reinforce_pp" else {}
+@pytest.mark.parametrize("advantage,extra", [
+    ("grpo", PAIRWISE_JUDGE),  # RLAIF's way: the judge compares a prompt's samples; the gold must rise
+    ("rloo", {}),
+    ("reinforce_pp", {"ppo.kl_coef": 0.02, "ppo.kl_loss_coef": 0.0}),
+])
+def test_critic_free_estimators_raise_the_toy_reward(ray_session, tmp_path, advantage, extra):
     cfg = load(TrainPPOJob, str(ROOT / "configs/train_grpo_toy.yaml"),
                [f"run_dir={tmp_path}", f"prompts={ROOT / 'configs/train_ppo_toy.prompts.jsonl'}", "ppo.steps=6",
-                f"ppo.advantage={advantage}", *[f"{k}={v}" for k, v in extra.items()]])
+                "gold.score_function=rlaif_ray.rewards_toy:letter_fraction", f"ppo.advantage={advantage}",
+                *[f"{k}={v}" for k, v in extra.items()]])
     rows = train_ppo.train(cfg)
-    rewards = [r["reward_mean"] for r in rows]
-    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.05, rewards
+    gold = [r["gold_score_mean"] for r in rows]  # the letter fraction: the reward itself, or what the judge sees
+    assert sum(gold[-2:]) / 2 > sum(gold[:2]) / 2 + 0.05, gold
+    if extra is PAIRWISE_JUDGE:  # win rates within groups of 4 average 0.5; every comparison succeeded
+        assert all(r["reward_mean"] == pytest.approx(0.5) and r["samples_masked"] == 0 for r in rows)
+        assert any((tmp_path / "reward-labels" / "labels").glob("*.jsonl"))
     assert all(r["sync_verified"] and "vf_loss" not in r for r in rows)  # no critic anywhere
     assert all(math.isfinite(r["pg_loss"]) and math.isfinite(r["kl"]) for r in rows)
     if advantage == "grpo":

@@ -95,7 +95,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
                               "ppo.critic_path": cfg.ppo.critic_path})
     pool = learners = reward = None
     try:
-        reward = build_reward_source(cfg.reward, cfg.ray)
+        reward = build_reward_source(cfg.reward, cfg.ray, cfg.run_dir)
         pool = RolloutPool(model_path, cfg.rollout, cfg.learner.seed, cfg.policy.dtype, cfg.ray.placement_strategy)
         learners = PPOLearners(cfg, model_path, load_tokenizer(model_path).pad_token_id)
         sync = WeightSync(pool, cfg.sync, learners.policy)
@@ -180,9 +180,18 @@ def ppo_step(run: PPORun, step: int, timer) -> dict:
         raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
     ids, texts, samples, groups = (list(x) for x in zip(*kept, strict=True))
     with timer("score"):
-        scores = torch.tensor(run.reward(texts, [s.text for s in samples]), dtype=torch.float32)
-        gold = [float(run.gold(t, s.text)) for t, s in zip(texts, samples, strict=True)] if run.gold else None
+        scores = torch.tensor(run.reward(texts, [s.text for s in samples], groups), dtype=torch.float32)
     bad = [i for i, v in zip(ids, scores.tolist(), strict=True) if not math.isfinite(v)]
+    masked = 0
+    if bad and cfg.reward.source == "judge_pairwise":  # no comparison of these samples succeeded: leave them out
+        keep = [k for k, v in enumerate(scores.tolist()) if math.isfinite(v)]
+        if not keep:
+            raise RuntimeError(f"step {step + 1}: every judge comparison failed (samples {ids})")
+        masked, bad = len(ids) - len(keep), []
+        ids, texts, samples, groups = ([x[k] for k in keep] for x in (ids, texts, samples, groups))
+        scores = scores[keep]
+    with timer("score"):
+        gold = [float(run.gold(t, s.text)) for t, s in zip(texts, samples, strict=True)] if run.gold else None
     if bad:
         raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
                              "stopping, the last checkpoint is kept")
@@ -203,6 +212,8 @@ def ppo_step(run: PPORun, step: int, timer) -> dict:
            "tokens_per_s_train": tokens * ppo.ppo_epochs / max(timer.t["train"], 1e-9),
            "sync_verified": report.verified, "sync_max_abs_diff": report.max_abs_diff, "sync_bytes": report.bytes,
            "driver_rss_mb": psutil.Process().memory_info().rss / 2**20}
+    if cfg.reward.source == "judge_pairwise":
+        row["samples_masked"] = masked
     if gold is not None:  # the true objective beside the proxy: when reward rises and this falls, it is gamed
         row["gold_score_mean"] = sum(gold) / n
     run.kl_ctl.update(rollout["kl"], n)

@@ -114,11 +114,17 @@ class TrainDPOJob:
 
 @dataclass
 class RewardConfig:
-    source: Literal["rm", "judge", "function"] = field_("rm", "where PPO rewards come from")
+    source: Literal["rm", "judge", "judge_pairwise", "function"] = field_(
+        "rm", "where PPO rewards come from; judge_pairwise: the judge compares the samples of one prompt with "
+        "each other (both orders, through a durable label store), a sample's reward is its mean win probability, "
+        "and a sample whose comparisons all failed is left out of the update, never scored 0")
     rm_path: str | None = field_(None, "reward model checkpoint for source=rm")
     function: str | None = field_(None, "module:function(prompt, response) -> float for source=function")
     judge: JudgeConfig = field_(JudgeConfig(), "judge asked for a 1-10 score for source=judge")
     judge_actors: int = field_(1, "labeling-pool actors asked for scores for source=judge", ge=1)
+    pairwise_schedule: Literal["all", "circular"] = field_(
+        "all", "source=judge_pairwise: every pair of a prompt's samples (n(n-1)/2), or each sample against the "
+        "next one round the group (n pairs)")
     timeout_s: float = field_(600.0, "timeout of one scoring call", gt=0)
     batch_size: int = field_(16, "sequences per reward-model forward", ge=1)
     max_length: int = field_(512, "truncation length of the reward model", ge=8)
@@ -195,6 +201,9 @@ class TrainPPOJob:
             raise ConfigError(f"ppo.minibatches: {self.ppo.prompts_per_step} prompts x {self.sampling.n} samples "
                               f"= {rows} rows cannot fill {self.ppo.minibatches} minibatches on "
                               f"{self.learner.num_ranks} learner ranks")
+        if self.reward.source == "judge_pairwise" and (self.sampling.n < 2 or self.reward.judge.protocol != "pairwise"):
+            raise ConfigError("reward.source=judge_pairwise compares the samples of one prompt: it needs "
+                              "sampling.n >= 2 and reward.judge.protocol=pairwise")
         if self.ppo.advantage in ("grpo", "dr_grpo", "rloo") and self.sampling.n < 2:
             raise ConfigError(f"sampling.n: {self.sampling.n}, but ppo.advantage={self.ppo.advantage} compares the "
                               "samples of one prompt with each other: set sampling.n >= 2")

@@ -1,18 +1,23 @@
 """One reward interface for PPO, whichever source `RewardConfig.source` names:
 
-    reward = build_reward_source(cfg.reward, ray_cfg)
-    scores = reward(prompts, responses)     # list[float]; NaN where a judge call failed
+    reward = build_reward_source(cfg.reward, ray_cfg, run_dir)
+    scores = reward(prompts, responses, groups)   # list[float]; NaN where a judge call failed
     reward.close()
 
 - rm:       the RewardScorer actor on `rm_path` (ours from train-rm or any HF sequence classifier);
 - judge:    the labeling pool's judges asked for a 1-10 score, normalised to [0, 1] (d-RLAIF);
+- judge_pairwise: the pool compares the samples of one prompt with each other (`groups[i]` is sample i's
+            prompt), both orders; a sample's reward is its mean P(win) over its comparisons;
 - function: `module:function(prompt, response) -> float`, called in the driver.
-A failed judge call is NaN, never a default score: the PPO driver stops naming the sample.
+A failed judge call is NaN, never a default score: the PPO driver stops naming the sample (judge) or
+leaves the sample out of the update (judge_pairwise, where one failed comparison of many is expected).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 
 from ..config import FeedbackPoolConfig, RayConfig
 from ..config.jobs import RewardConfig
@@ -23,7 +28,7 @@ class FunctionReward:
     def __init__(self, spec: str):
         self.fn = load_function(spec, "reward.function")
 
-    def __call__(self, prompts: list, responses: list) -> list[float]:
+    def __call__(self, prompts: list, responses: list, groups: list[int] | None = None) -> list[float]:
         return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
 
     def close(self) -> None:
@@ -45,7 +50,7 @@ class ModelReward:
         self.actor = ray.remote(RewardScorer).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus).remote(
             cfg.rm_path, cfg.batch_size, cfg.max_length, cfg.dtype, cpus)
 
-    def __call__(self, prompts: list, responses: list) -> list[float]:
+    def __call__(self, prompts: list, responses: list, groups: list[int] | None = None) -> list[float]:
         import ray
 
         return ray.get(self.actor.score.remote(prompts, responses), timeout=self.timeout_s)
@@ -64,7 +69,7 @@ class JudgeReward:
 
         self.pool = FeedbackPool(FeedbackPoolConfig(num_actors=cfg.judge_actors, judge=cfg.judge), ray_cfg, None)
 
-    def __call__(self, prompts: list, responses: list) -> list[float]:
+    def __call__(self, prompts: list, responses: list, groups: list[int] | None = None) -> list[float]:
         scores = self.pool.score(list(zip(prompts, responses, strict=True)))
         return [math.nan if s is None else float(s) for s in scores]
 
@@ -72,7 +77,76 @@ class JudgeReward:
         self.pool.shutdown()
 
 
-def build_reward_source(cfg: RewardConfig, ray_cfg: RayConfig | None = None):
+class PairwiseJudgeReward:
+    """source=judge_pairwise. Each pair is stored under `<run_dir>/reward-labels/` like a `label` run's
+    (content ids, so a resumed run or a repeated pair pays nothing again); identical texts tie at 0.5
+    without a call. A sample with no successful comparison gets NaN."""
+
+    def __init__(self, cfg: RewardConfig, ray_cfg: RayConfig, run_dir: str):
+        from ..feedback import LabelStore, config_hash
+        from ..feedback.pool import FeedbackPool
+
+        self.judge, self.schedule, self.chash = cfg.judge, cfg.pairwise_schedule, config_hash(cfg.judge)
+        labels = os.path.join(run_dir, "reward-labels")
+        self.pool = FeedbackPool(FeedbackPoolConfig(num_actors=cfg.judge_actors, judge=cfg.judge), ray_cfg, labels,
+                                 self.chash)
+        self.store = LabelStore(labels)
+
+    def _pairs(self, groups: list[int]) -> list[tuple[int, int]]:
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        out = []
+        for idx in members.values():
+            if self.schedule == "all" or len(idx) <= 3:  # circular on 3 or fewer is every pair
+                out += list(itertools.combinations(idx, 2))
+            else:
+                out += [(idx[k], idx[(k + 1) % len(idx)]) for k in range(len(idx))]
+        return out
+
+    def __call__(self, prompts: list, responses: list, groups: list[int] | None = None) -> list[float]:
+        from ..data import PairRecord
+        from ..feedback.labels import orders, p_a_of, tasks_for
+
+        pairs = {}  # (i, j) -> the stored pair, its response_a the smaller text so its id fixes the orientation
+        for i, j in self._pairs(groups if groups is not None else [0] * len(responses)):
+            if responses[i] != responses[j]:
+                a, b = sorted((responses[i], responses[j]))
+                pairs[(i, j)] = PairRecord(prompt=prompts[i], response_a=a, response_b=b)
+        self.store.refresh()
+        unique = list({p.id: p for p in pairs.values()}.values())
+        todo = [t for t in tasks_for(unique, self.judge) if not self.store.done(t.pair_id, self.chash, t.order, t.sample)]
+        if todo:
+            self.pool.label(todo)
+            self.store.refresh()
+        wins, seen = [0.0] * len(responses), [0] * len(responses)
+        for i, j in self._pairs(groups if groups is not None else [0] * len(responses)):
+            pair = pairs.get((i, j))
+            if pair is None:  # the same text twice: a tie
+                p_i = 0.5
+            else:
+                recs = [self.store.get(pair.id, self.chash, o, k) for o in orders(self.judge)
+                        for k in range(self.judge.samples)]
+                ps = [p_a_of(r["order"], r["p_first"]) for r in recs if r is not None and r["status"] == "ok"]
+                if not ps:
+                    continue  # a failed comparison says nothing about either sample
+                p_a = sum(ps) / len(ps)
+                p_i = p_a if responses[i] == pair.response_a else 1.0 - p_a
+            wins[i] += p_i
+            wins[j] += 1.0 - p_i
+            seen[i] += 1
+            seen[j] += 1
+        return [w / n if n else math.nan for w, n in zip(wins, seen, strict=True)]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def build_reward_source(cfg: RewardConfig, ray_cfg: RayConfig | None = None, run_dir: str | None = None):
+    if cfg.source == "judge_pairwise":
+        if run_dir is None:
+            raise ValueError("reward.source=judge_pairwise stores its comparisons below the run_dir: pass one")
+        return PairwiseJudgeReward(cfg, ray_cfg or RayConfig(), run_dir)
     if cfg.source == "function":
         if not cfg.function:
             raise ValueError("reward.function: required for reward.source=function (module:function)")

@@ -164,12 +164,14 @@ class FakeAPI:
     # ---- helpers -----------------------------------------------------------------------------------
     def _fault(self, endpoint: str, key: str, body: dict | None = None) -> dict | None:
         """The first rule that hits this attempt. `unless`: a text whose presence in the body spares it (a
-        model that complies once reminded of the format)."""
+        model that complies once reminded of the format); `when`: a text the body must hold to be hit."""
         n = self.attempts[(endpoint, key)]
         for rule in self.faults:
             if rule.get("endpoint", "any") not in ("any", endpoint):
                 continue
             if rule.get("unless") and body is not None and rule["unless"] in json.dumps(body):
+                continue
+            if rule.get("when") and (body is None or rule["when"] not in json.dumps(body)):
                 continue
             lo, hi = rule.get("range", (0.0, rule.get("fraction", 1.0)))
             u = _uniform(key) if "range" in rule else _uniform(key, rule["kind"])
