@@ -60,8 +60,9 @@ def _dry_run(cfg: LabelJob, pending, run_dir: Path) -> int:
                 "output_tokens_max": n * max_out, "cost_usd_min": round(low, 6), "cost_usd_max": round(high, 6),
                 "token_count": "estimate: 4 characters a token", "prices_per_mtok": prices, "batch": batch}
     (run_dir / "dry_run.json").write_text(json.dumps(estimate, indent=2))
-    print(f"dry run: {n} calls to make ({estimate['calls_stored']} stored), ~{base.input + base.cache_write + base.cache_read}"
-          f" input tokens, up to {n * max_out} output tokens: ${low:.4f}-${high:.4f} -> {run_dir / 'dry_run.json'}")
+    print(f"dry run: {n} calls to make ({estimate['calls_stored']} stored), "
+          f"~{base.input + base.cache_write + base.cache_read} input tokens, up to {n * max_out} output tokens: "
+          f"${low:.4f}-${high:.4f} -> {run_dir / 'dry_run.json'}")
     return 0
 
 
@@ -94,7 +95,8 @@ def run(cfg: LabelJob, args) -> int:
                "calls_per_s": round(len(new_records) / seconds, 3) if seconds > 0 else None,
                **stats, "cost_run": cost_of(new_records), "cost_cumulative": cost_of(store.ledger()),
                "prices_per_mtok": prices_of(jcfg),
-               "stopped_by_budget": bool(run_summary.get("budget_stopped")), "pool": run_summary, "nodes": pending.nodes, "torn_lines": store.torn_lines}
+               "stopped_by_budget": bool(run_summary.get("budget_stopped")), "pool": run_summary,
+               "nodes": pending.nodes, "torn_lines": store.torn_lines}
     if cfg.gold.enabled:
         from ..eval.gold import agreement, gold_preferences
 

@@ -57,7 +57,8 @@ class FeedbackActor:
                 base = self.judge
                 while getattr(base, "inner", None) is not None:  # wrappers (pointwise, calibrated) call inner
                     base = base.inner
-                base.tally = InflightTally(self.labels_dir, self.writer.writer.name, self.config_hash)
+                if hasattr(base, "tally"):  # API judges: what a kill cuts off mid-flight may be billed
+                    base.tally = InflightTally(self.labels_dir, self.writer.writer.name, self.config_hash)
 
     async def info(self) -> dict[str, Any]:
         """Where this actor runs; also builds the judge so the first shard does not pay for it."""

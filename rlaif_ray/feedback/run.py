@@ -46,15 +46,16 @@ class Progress:
 
 class SpendBudget:
     """`pool.max_cost_usd` as the pool's dispatch limit: a call is sent only while the store's cumulative
-    spend for this config (earlier runs, failed calls and estimates included) plus the calls sent and not
-    yet stored, each priced as the mean stored call, leaves room for it. Before any call is priced, one
-    goes out alone."""
+    spend for this config (earlier runs, failed calls and lost-body estimates included) plus the calls sent
+    and not yet stored, each priced as the mean stored call, leaves room for it. Before any call is priced,
+    one goes out alone."""
 
     def __init__(self, max_usd: float, store: LabelStore, chash: str):
         self.max_usd, self.store, self.chash = max_usd, store, chash
         self.records_at_start = store.spent(chash)[0]
 
     def __call__(self, dispatched: int) -> int:
+        self.store.refresh()  # new bytes only
         records, spent = self.store.spent(self.chash)
         in_flight = max(0, dispatched - (records - self.records_at_start))
         if records == 0:
