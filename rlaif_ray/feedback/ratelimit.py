@@ -11,6 +11,9 @@ learn the server's real limits.
   linearly over `RECOVER_S` (AIMD). A 429 whose headers show budget left is not about the shared budget
   (one request's retry-after): it delays only that request (retry.py).
 
+- Slow start: with a request budget, the first request goes out alone and the rest wait for its answer
+  (`observe` or `refused`, at most `PROBE_S`), so the server's real limit is known before the first burst.
+
 One limiter serves a whole pool: `FeedbackPool` runs it as a Ray actor and every FeedbackActor, on any
 node, draws from it through `SharedLimiter`; in-process tests use a `RateLimiter` directly.
 """
@@ -28,6 +31,7 @@ DECREASE = 0.7       # rate factor on a congestion 429
 MIN_SCALE = 0.05     # the rate never drops below this fraction of the limit
 RECOVER_S = 20.0     # seconds to grow back from MIN_SCALE to the full limit
 MAX_HOLD_S = 60.0    # cap on a reset time read from headers
+PROBE_S = 10.0       # slow start: longest the others wait for the first request's answer
 _KINDS = {"requests": "requests", "input": "input-tokens", "output": "output-tokens"}
 
 
@@ -87,9 +91,16 @@ class RateLimiter:
         self.blocked_until = 0.0
         self.stats = {"acquired": 0, "congestion_429": 0, "holds": 0, "learned_limit": {}}
         self._lock = asyncio.Lock()
+        self._heard: asyncio.Event | None = asyncio.Event() if "requests" in self.buckets else None
 
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
         async with self._lock:  # FIFO: callers are served in arrival order
+            if self._heard is not None and self.stats["acquired"] == 1:  # slow start: the first answer first
+                try:
+                    await asyncio.wait_for(self._heard.wait(), PROBE_S)
+                except TimeoutError:
+                    pass
+                self._heard = None
             while True:
                 pause = self.blocked_until - time.monotonic()
                 if pause > 0:
@@ -112,6 +123,8 @@ class RateLimiter:
 
     def observe(self, headers) -> bool:
         """Learn from a response's rate-limit headers; True when they say a budget is spent."""
+        if self._heard is not None:
+            self._heard.set()
         headers = ratelimit_headers(headers)
         spent = False
         for name, kind in _KINDS.items():
@@ -137,6 +150,8 @@ class RateLimiter:
     def refused(self, headers) -> None:
         """A 429. Congestion (no rate-limit headers, or a spent budget): cut the rate. Otherwise (budget
         left, per the headers) it concerns one request and the caller's own backoff handles it."""
+        if self._heard is not None:
+            self._heard.set()
         rl = ratelimit_headers(headers)
         if rl and not self.observe(rl):
             return
@@ -169,14 +184,15 @@ class SharedLimiter:
     the actor's grant; `observe`/`refused` are sent without waiting."""
 
     def __init__(self, handle):
-        self.handle = handle
+        self.handle, self._told = handle, False
 
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
         await self.handle.acquire.remote(input_tokens, output_tokens)
 
     def observe(self, headers) -> None:
         rl = ratelimit_headers(headers)
-        if rl:
+        if rl or not self._told:  # the first answer always (it ends the slow start), then only headers
+            self._told = True
             self.handle.observe.remote(rl)
 
     def refused(self, headers) -> None:
