@@ -31,7 +31,7 @@ def _dry_run(cfg: LabelJob, pending, run_dir: Path) -> int:
     cache write then reads when Anthropic prompt caching is on, output between 1 token and max_tokens per
     call, half price on the Batches API."""
     from ..feedback.cost import cost_usd, prices_of
-    from ..feedback.judge_api import COT_MIN_TOKENS, DEFAULT_MAX_TOKENS
+    from ..feedback.judge_api import estimate_tokens, max_tokens_of
     from ..feedback.prompts import pair_system, pair_user, score_system, score_user
     from ..feedback.rubrics import load_rubric
     from ..feedback.types import Usage
@@ -44,14 +44,12 @@ def _dry_run(cfg: LabelJob, pending, run_dir: Path) -> int:
     else:
         system = pair_system(rubric, j.cot)
         users = [pair_user(t.prompt, t.first, t.second) for t in pending.todo]
-    n, tokens = len(users), (lambda text: len(text) // 4 + 1)
-    sys_t, user_t = tokens(system), sum(tokens(u) for u in users)
+    n = len(users)
+    sys_t, user_t = estimate_tokens(system), sum(estimate_tokens(u) for u in users)
     cached = j.prompt_caching and j.kind in ("anthropic", "anthropic-batch") and n > 0
     base = Usage(input=user_t + (0 if cached else n * sys_t), cache_write=sys_t if cached else 0,
                  cache_read=(n - 1) * sys_t if cached else 0)
-    max_out = j.max_tokens or (COT_MIN_TOKENS if j.cot else DEFAULT_MAX_TOKENS)
-    if j.cot:
-        max_out = max(max_out, COT_MIN_TOKENS)
+    max_out = max_tokens_of(j)
     prices, batch = prices_of(j), j.kind == "anthropic-batch"
     low, high = (cost_usd(Usage(input=base.input, output=n * out, cache_write=base.cache_write,
                                 cache_read=base.cache_read), prices, batch) for out in (1, max_out))

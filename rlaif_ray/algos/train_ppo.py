@@ -179,19 +179,19 @@ def ppo_step(run: PPORun, step: int, timer) -> dict:
     if not kept:
         raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
     ids, texts, samples, groups = (list(x) for x in zip(*kept, strict=True))
+    masked = 0
     with timer("score"):
         scores = torch.tensor(run.reward(texts, [s.text for s in samples], groups), dtype=torch.float32)
-    bad = [i for i, v in zip(ids, scores.tolist(), strict=True) if not math.isfinite(v)]
-    masked = 0
-    if bad and cfg.reward.source == "judge_pairwise":  # no comparison of these samples succeeded: leave them out
-        keep = [k for k, v in enumerate(scores.tolist()) if math.isfinite(v)]
-        if not keep:
-            raise RuntimeError(f"step {step + 1}: every judge comparison failed (samples {ids})")
-        masked, bad = len(ids) - len(keep), []
-        ids, texts, samples, groups = ([x[k] for k in keep] for x in (ids, texts, samples, groups))
-        scores = scores[keep]
-    with timer("score"):
+        finite = torch.isfinite(scores)
+        if not finite.all() and cfg.reward.source == "judge_pairwise":  # no comparison of these samples
+            keep = finite.nonzero(as_tuple=True)[0].tolist()              # succeeded: leave them out
+            if not keep:
+                raise RuntimeError(f"step {step + 1}: every judge comparison failed (samples {ids})")
+            masked = len(ids) - len(keep)
+            ids, texts, samples, groups = ([x[k] for k in keep] for x in (ids, texts, samples, groups))
+            scores = scores[keep]
         gold = [float(run.gold(t, s.text)) for t, s in zip(texts, samples, strict=True)] if run.gold else None
+    bad = [i for i, v in zip(ids, scores.tolist(), strict=True) if not math.isfinite(v)]
     if bad:
         raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
                              "stopping, the last checkpoint is kept")

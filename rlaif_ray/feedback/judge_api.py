@@ -35,7 +35,13 @@ DEFAULT_MAX_TOKENS = 64  # room for a short sentence before "Verdict: A"; only g
 VERDICTS, SCORES, YES_NO = ("A", "B"), tuple(str(i) for i in range(1, 11)), ("Yes", "No")  # answers a judge may give
 
 
-def _estimate_tokens(*texts: str) -> int:
+def max_tokens_of(cfg: JudgeConfig) -> int:
+    """The answer budget a judge sends: `max_tokens`, else 64 (512 with CoT); CoT never below 512."""
+    budget = cfg.max_tokens or (COT_MIN_TOKENS if cfg.cot else DEFAULT_MAX_TOKENS)
+    return max(budget, COT_MIN_TOKENS) if cfg.cot else budget
+
+
+def estimate_tokens(*texts: str) -> int:
     return sum(len(t) for t in texts) // 4 + 1
 
 
@@ -59,9 +65,7 @@ class _APIJudge(Judge):
         super().__init__(cfg)
         self.retry, self.limiter = retry, limiter
         self.rubric = load_rubric(cfg.rubric)
-        self.max_tokens = cfg.max_tokens or (COT_MIN_TOKENS if cfg.cot else DEFAULT_MAX_TOKENS)
-        if cfg.cot:
-            self.max_tokens = max(self.max_tokens, COT_MIN_TOKENS)
+        self.max_tokens = max_tokens_of(cfg)
         self.answer_format: str | None = None  # set by judges that constrain their answers
         self._output = [0, 0]  # output tokens and answers delivered: a lost answer's output estimate
         self._cache_written = False  # a delivered (or estimated) answer has written the system prefix cache
@@ -83,7 +87,7 @@ class _APIJudge(Judge):
         if n == 0:
             return Usage()
         out = round(self._output[0] / self._output[1]) if self._output[1] else 1
-        sys_t, user_t = _estimate_tokens(system), _estimate_tokens(user)
+        sys_t, user_t = estimate_tokens(system), estimate_tokens(user)
         if not self.caches_system:
             return Usage(input=n * (user_t + sys_t), output=n * out)
         writes = 0 if self._cache_written else 1  # the first call of a prefix writes the cache, later ones read
@@ -168,7 +172,7 @@ class AnthropicJudge(_APIJudge):
         if "temperature" in params:  # the 2.x SDK has no temperature argument; the HTTP API may accept it
             params["extra_body"] = {"temperature": params.pop("temperature")}
         return await self._call(self.client.messages.with_raw_response.create, params,
-                                _estimate_tokens(system, user))
+                                estimate_tokens(system, user))
 
     @staticmethod
     def _text(response) -> str:
@@ -229,7 +233,7 @@ class OpenAIJudge(_APIJudge):
                 if self.answer_format is None:
                     self.answer_format = await self._probe()
         return await self._call(self.client.chat.completions.with_raw_response.create,
-                                self._params(system, user, answers, self.answer_format), _estimate_tokens(system, user))
+                                self._params(system, user, answers, self.answer_format), estimate_tokens(system, user))
 
     async def _probe(self) -> str:
         """The most specific constraint this server obeys: a request that would not answer a letter
