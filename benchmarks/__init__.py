@@ -10,6 +10,7 @@ BENCHES = {
     "label": "labeling pool vs a one-at-a-time loop against the API fake (labels/s)",
     "learner": "our DPO learner group vs TRL DPOTrainer (tokens/s), PPO iteration time split",
     "sync": "learner -> rollout weight sync vs a plain memcpy of the same bytes",
+    "rl": "train-ppo (GRPO, toy task) with synchronous vs one-step-off asynchronous rollouts (iteration s)",
 }
 
 

@@ -31,3 +31,9 @@ def prefer_letters(prompt: str, a: str, b: str) -> float:
     import math
 
     return 1.0 / (1.0 + math.exp(-10.0 * (letter_fraction(prompt, a) - letter_fraction(prompt, b))))
+
+
+def mostly_letters(prompt: str, response: str, threshold: float = 0.4) -> float:
+    """1 if at least `threshold` of the characters are letters, else 0: a pass/fail verifier like a math
+    checker's. Many prompts' samples all fail (or later all pass) alike, which ppo.dynamic_sampling drops."""
+    return float(letter_fraction(prompt, response) >= threshold)

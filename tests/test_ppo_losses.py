@@ -170,3 +170,19 @@ def test_kl_loss_term_pulls_towards_the_reference():
     assert stats["kl_loss"].item() == pytest.approx(k3, rel=1e-5) and loss.item() == pytest.approx(0.5 * k3, rel=1e-5)
     loss.backward()
     assert (logp.grad > 0).all()  # descending lowers log pi where pi > pi_ref
+
+
+def test_truncated_importance_weights_scale_each_tokens_policy_loss():
+    # π_old / π_rollout = e^0.5 ≈ 1.6487 (kept), e^1.5 ≈ 4.48 (capped at 2), e^-1 ≈ 0.3679; padding 0
+    old = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    rollout = torch.tensor([[-0.5, -1.5, 1.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = ppo.tis_weights(old, rollout, mask, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[math.exp(0.5), 2.0, math.exp(-1.0), 0.0]]), atol=1e-6)
+    # at π = π_old the ratio is 1: the per-token loss is −A·w, token mean = −(1·1.6487 + 2·2 + 3·0.3679)/3
+    adv = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
+    loss, _ = ppo.policy_loss(old, old, adv, mask, 0.2, weights=w)
+    assert loss.item() == pytest.approx(-(math.exp(0.5) + 4.0 + 3 * math.exp(-1.0)) / 3, rel=1e-6)
+    plain, _ = ppo.policy_loss(old, old, adv, mask, 0.2)
+    same, _ = ppo.policy_loss(old, old, adv, mask, 0.2, weights=mask.clone())
+    assert same.item() == pytest.approx(plain.item()) == pytest.approx(-2.0)

@@ -131,3 +131,34 @@ def test_judge_pairwise_compares_within_groups_masks_failures_and_never_pays_twi
         again.close()
     assert all(math.isfinite(x) for x in rescored) and rescored[4] + rescored[5] == pytest.approx(1.0)
     assert fake.stats()["repaid_after_delivery"] == 0  # only the verdict-less answers were bought again
+    # The Bradley-Terry fit of the same stored comparisons pays for nothing and orders the samples alike.
+    from dataclasses import replace
+
+    bt = build_reward_source(replace(cfg, pairwise_reward="bradley_terry"), RayConfig(), str(tmp_path))
+    try:
+        strengths = bt(prompts, responses, groups)
+    finally:
+        bt.close()
+    assert fake.stats()["billable"] - billed == 3 * 2
+    assert all(strengths[k] > strengths[m] for k in range(4) for m in range(4) if rescored[k] > rescored[m] + 1e-9)
+    assert sum(strengths[:4]) == pytest.approx(0, abs=1e-9) and strengths[4] == pytest.approx(-strengths[5])
+
+
+def test_bradley_terry_strengths_order_like_the_outcomes_and_stay_finite():
+    from rlaif_ray.reward.sources import bradley_terry
+
+    # sample 0 beats everyone surely, 1 beats 2 and 3 at 0.8, 2 and 3 tie; 4 met nobody
+    outcomes = [(0, 1, 1.0), (0, 2, 1.0), (0, 3, 1.0), (1, 2, 0.8), (1, 3, 0.8), (2, 3, 0.5)]
+    s = bradley_terry(5, outcomes)
+    assert s[0] > s[1] > s[2] and s[2] == pytest.approx(s[3]) and math.isnan(s[4])
+    assert all(math.isfinite(v) for v in s[:4]) and sum(s[:4]) == pytest.approx(0.0, abs=1e-9)
+    # the optimum: every strength's gradient is zero (l2·s_i = Σ (p − σ(s_i − s_j)) over its comparisons)
+    grad = [0.1 * v for v in s[:4]]
+    for i, j, p in outcomes:
+        q = 1 / (1 + math.exp(-(s[i] - s[j])))
+        grad[i] += q - p
+        grad[j] += p - q
+    assert max(abs(g) for g in grad) < 1e-9
+    # two groups never compared with each other are centred separately
+    two = bradley_terry(4, [(0, 1, 0.9), (2, 3, 0.6)])
+    assert two[0] == pytest.approx(-two[1]) and two[2] == pytest.approx(-two[3]) and two[0] > two[2] > 0

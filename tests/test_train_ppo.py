@@ -114,3 +114,81 @@ def test_critic_free_estimators_raise_the_toy_reward(ray_session, tmp_path, adva
         assert all(math.isfinite(r["kl_loss"]) for r in rows)
     final = Path(latest_checkpoint(str(tmp_path)))
     assert not (final / "value_head").exists()
+
+
+def test_split_ties_keeps_only_prompts_whose_samples_differ():
+    import torch
+
+    from rlaif_ray.algos.train_ppo import Rollout, split_ties
+
+    groups = [0, 0, 1, 1, 1, 2]  # prompt 1 ties (all 1.0); prompt 2 has one sample (no baseline)
+    r = Rollout([f"s{k}" for k in range(6)], ["q"] * 6, list(range(6)), groups,
+                torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.5]), [0.1 * k for k in range(6)], version=3)
+    kept, tied = split_ties(r)
+    assert kept.ids == ["s0", "s1"] and kept.scores.tolist() == [0.0, 1.0] and kept.gold == [0.0, 0.1]
+    assert tied.ids == ["s2", "s3", "s4", "s5"] and tied.groups == [1, 1, 1, 2] and tied.version == 3
+    both = kept.extend(tied)
+    assert sorted(both.ids) == r.ids and both.scores.shape == (6,)
+
+
+ASYNC = {"ppo.async_steps": 1, "ppo.dynamic_sampling": "true", "checkpoint_every": 3,
+         "reward.function": "rlaif_ray.rewards_toy:mostly_letters",  # pass/fail: some prompts' samples all tie
+         "gold.score_function": "rlaif_ray.rewards_toy:letter_fraction"}
+
+
+@pytest.mark.slow
+def test_one_step_off_async_grpo_with_dynamic_sampling_reproduces_and_resumes(ray_session, tmp_path, monkeypatch):
+    import threading
+
+    def cfg(run_dir):
+        return load(TrainPPOJob, str(ROOT / "configs/train_grpo_toy.yaml"),
+                    [f"run_dir={run_dir}", f"prompts={ROOT / 'configs/train_ppo_toy.prompts.jsonl'}",
+                     f"ppo.steps={STEPS}", *[f"{k}={v}" for k, v in ASYNC.items()]])
+
+    rows = train_ppo.train(cfg(tmp_path / "full"))
+    assert [r["staleness"] for r in rows] == [0] + [1] * (STEPS - 1)  # step t trains on samples of step t-1
+    assert all(0.5 < r["is_weight_mean"] < 2.0 and 0 <= r["is_weight_capped_frac"] < 0.2 for r in rows)
+    assert max(r["rollout_logprob_diff"] for r in rows[1:]) > 10 * rows[0]["rollout_logprob_diff"]  # stale
+    assert sum(r["groups_dropped"] for r in rows) > 0 and all(r["refills"] <= 2 for r in rows)
+    assert all(r["sync_verified"] for r in rows)
+    gold = [r["gold_score_mean"] for r in rows]  # the letter fraction, which the pass/fail reward pushes up
+    assert sum(gold[-2:]) / 2 > sum(gold[:2]) / 2 + 0.03, gold
+    assert (Path(latest_checkpoint(str(tmp_path / "full"))).parent / "step-0000003" / "next_rollout.pkl").exists()
+
+    # The reward dies while the driver thread scores step 5's samples (during step 4): the run fails at
+    # step 5, its steps 1-4 equal the first run's (a seeded async run reproduces), the step-3 checkpoint
+    # holds step 4's scored samples, and the resumed run reproduces steps 4-6 exactly.
+    crash, real, ahead_calls = tmp_path / "crash", reward_pkg.build_reward_source, []
+
+    def dies_scoring_step_5(rcfg, ray_cfg=None, run_dir=None):
+        source = real(rcfg, ray_cfg, run_dir)
+
+        class Dies:
+            def __call__(self, prompts, responses, groups=None):
+                if threading.current_thread().name.startswith("rollout-ahead"):
+                    ahead_calls.append(len(responses))
+                    if len(ahead_calls) == 4:  # the one-step-off rollouts of steps 2, 3, 4, 5
+                        raise RuntimeError("reward service died")
+                return source(prompts, responses, groups)
+
+            def close(self):
+                source.close()
+        return Dies()
+
+    monkeypatch.setattr(reward_pkg, "build_reward_source", dies_scoring_step_5)
+    with pytest.raises(RuntimeError, match="reward service died"):
+        train_ppo.train(cfg(crash))
+    monkeypatch.undo()
+    logged = [json.loads(line) for line in (crash / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    for got, want in zip(logged, rows[:4], strict=True):
+        assert got["ppo/reward_mean"] == pytest.approx(want["reward_mean"], abs=1e-6)
+        assert got["ppo/pg_loss"] == pytest.approx(want["pg_loss"], rel=1e-4, abs=1e-6)
+    assert Path(latest_checkpoint(str(crash))).name == "step-0000003"
+    resumed = train_ppo.train(cfg(crash), resume=True)
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    for got, want in zip(resumed, rows[3:], strict=True):
+        got, want = _comparable(got), _comparable(want)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (got["step"], k)

@@ -28,13 +28,15 @@ import argparse
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config.jobs import TrainPPOJob
 
 log = logging.getLogger("rlaif_ray.train_ppo")
 TIMED = ("generate", "score", "train", "sync", "checkpoint")
+NEXT_ROLLOUT = "next_rollout.pkl"  # in a one-step-off run's checkpoint: the scored rollout of the next step
 
 
 class NonFiniteError(RuntimeError):
@@ -69,7 +71,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
     from ..cluster import init_ray
     from ..data import read_prompts
     from ..feedback.judge_function import load_function
-    from ..learner.checkpoint import export_final, latest_checkpoint, read_trainer_state, save_checkpoint
+    from ..learner import checkpoint as C
     from ..learner.metrics import MetricsWriter, PhaseTimer
     from ..learner.ppo import AdaptiveKLController
     from ..learner.ppo_learners import PPOLearners
@@ -84,16 +86,17 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
         raise ValueError(f"{cfg.prompts}: no prompts")
     ppo = cfg.ppo
     kl_ctl = AdaptiveKLController(ppo.kl_coef, ppo.target_kl, ppo.kl_horizon)
-    ckpt = latest_checkpoint(cfg.run_dir) if resume else None
+    ckpt = C.latest_checkpoint(cfg.run_dir) if resume else None
     if resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s, starting from step 0", cfg.run_dir)
-    extra = read_trainer_state(ckpt) if ckpt else None
+    extra = C.read_trainer_state(ckpt) if ckpt else None
     start = extra["step"] if extra else 0
 
     model_path = resolve_model_path(cfg.policy)
     init_ray(cfg.ray, shared={"run_dir": cfg.run_dir, "policy": model_path, "reward.rm_path": cfg.reward.rm_path,
                               "ppo.critic_path": cfg.ppo.critic_path})
     pool = learners = reward = None
+    executor = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead")  # scores the one-step-off rollout
     try:
         reward = build_reward_source(cfg.reward, cfg.ray, cfg.run_dir)
         pool = RolloutPool(model_path, cfg.rollout, cfg.learner.seed, cfg.policy.dtype, cfg.ray.placement_strategy)
@@ -107,19 +110,34 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
             log.info("resumed from %s at step %d", ckpt, start)
         gold = load_function(cfg.gold.score_function, "gold.score_function") if cfg.gold.score_function else None
         run = PPORun(cfg, prompts, pool, learners, sync, reward, kl_ctl, gold)
+        ahead = load_ahead(ckpt) if ckpt and ppo.async_steps else None
         rows = []
         with MetricsWriter(cfg.run_dir, ppo.steps, resume=extra, desc="train-ppo") as metrics, StopSignal() as stop:
             t_loop = time.perf_counter()
             for step in range(start, ppo.steps):
                 t0, timer = time.perf_counter(), PhaseTimer(TIMED)
-                row = ppo_step(run, step, timer)
+                # The engines hold the weights of `step` (pushed at the end of the last step).
+                if ahead is not None:  # one-step-off: made during the last step, from its weights
+                    with timer("generate"):
+                        rollout = ahead.result()
+                    if ppo.dynamic_sampling:
+                        rollout = dynamic_sample(run, rollout, step, step)
+                        for k in ("generate", "score"):
+                            timer.t[k] += rollout.seconds[k] - ahead.rollout.seconds[k]
+                else:
+                    rollout = collect(run, step, step)
+                    for k in ("generate", "score"):
+                        timer.t[k] += rollout.seconds[k]
+                ahead = Ahead(run, step + 1, step, executor) if ppo.async_steps and step + 1 < ppo.steps else None
+                row = ppo_step(run, rollout, step, timer, ahead)
                 # A wall-clock budget or a stop signal ends the run after this step, checkpointed like the last.
                 last = step + 1 == ppo.steps or stop.requested or (
                     ppo.max_minutes is not None and (time.perf_counter() - t_loop) / 60 >= ppo.max_minutes)
                 if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last:
                     with timer("checkpoint"):
+                        save_ahead(ahead, C.checkpoint_dir(cfg.run_dir, step + 1))
                         learners.save(cfg.run_dir, step + 1, {"data_cursor": step + 1, "kl_ctl": kl_ctl.state_dict(),
-                                                              "metrics_rows": metrics.rows + 1}, save_checkpoint)
+                                                              "metrics_rows": metrics.rows + 1}, C.save_checkpoint)
                 row.update({f"time_{k}": v for k, v in timer.t.items()})
                 row["time_step"] = time.perf_counter() - t0
                 row["tokens_per_s"] = row["response_tokens_mean"] * row["samples"] / row["time_step"]
@@ -133,9 +151,10 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
             return rows
         if start + len(rows) < ppo.steps:
             log.info("ppo.max_minutes=%s reached after step %d of %d", ppo.max_minutes, start + len(rows), ppo.steps)
-        log.info("policy written to %s", export_final(learners.policy, cfg.run_dir, {"step": start + len(rows)}))
+        log.info("policy written to %s", C.export_final(learners.policy, cfg.run_dir, {"step": start + len(rows)}))
         return rows
     finally:
+        executor.shutdown(wait=True, cancel_futures=True)
         for part in (learners, pool):
             if part is not None:
                 part.shutdown()
@@ -159,62 +178,227 @@ def write_placement(run_dir: str, pool, learners) -> None:
         json.dump(where, f, indent=1)
 
 
-def ppo_step(run: PPORun, step: int, timer) -> dict:
-    """One iteration: generate, score, learn, sync; returns its metrics row."""
-    import psutil
+# ---------------------------------------------------------------- rollout: generate and score
+
+@dataclass
+class Rollout:
+    """One step's scored samples, ready for the learners."""
+
+    ids: list[str]  # "<prompt id>#<sample index>"
+    texts: list[str]  # each sample's prompt as text
+    samples: list  # rollout.engine.Sample: tokens and the engine's logprobs
+    groups: list[int]  # each sample's prompt (the group estimators compare within one)
+    scores: Any  # torch.Tensor [B]
+    gold: list[float] | None  # gold.score_function of each sample
+    version: int  # the weights that sampled them: the learner step they were pushed after
+    masked: int = 0  # samples left out because every judge comparison of theirs failed
+    dropped: int = 0  # ppo.dynamic_sampling: prompts dropped because their samples tied
+    refills: int = 0  # ppo.dynamic_sampling: extra generation rounds
+    seconds: dict = field(default_factory=lambda: {"generate": 0.0, "score": 0.0})
+
+    def select(self, keep: list[int]) -> Rollout:
+        pick = lambda xs: [xs[k] for k in keep]  # noqa: E731
+        return replace(self, ids=pick(self.ids), texts=pick(self.texts), samples=pick(self.samples),
+                       groups=pick(self.groups), scores=self.scores[keep],
+                       gold=pick(self.gold) if self.gold is not None else None)
+
+    def extend(self, other: Rollout) -> Rollout:
+        import torch
+
+        return replace(self, ids=self.ids + other.ids, texts=self.texts + other.texts,
+                       samples=self.samples + other.samples, groups=self.groups + other.groups,
+                       scores=torch.cat([self.scores, other.scores]),
+                       gold=self.gold + other.gold if self.gold is not None else None,
+                       masked=self.masked + other.masked,
+                       seconds={k: v + other.seconds[k] for k, v in self.seconds.items()})
+
+
+def send(run: PPORun, step: int, refill: int = 0, count: int | None = None) -> tuple[list, list]:
+    """Start generating the prompts of `step` (or of its `refill`-th dynamic-sampling round, `count` fresh
+    draws); returns the prompt records and the pool's refs. Prompts and seeds are functions of the step."""
+    import random
+
+    from ..learner.group import prompt_indices
+
+    cfg, n = run.cfg, len(run.prompts)
+    if refill == 0:
+        idx = prompt_indices(n, cfg.ppo.prompts_per_step, step, cfg.learner.seed)
+    else:
+        idx = random.Random(cfg.learner.seed * 1_000_003 + step * 1009 + refill).sample(range(n), min(count, n))
+    records = [run.prompts[i] for i in idx]
+    seed = cfg.sampling.seed
+    sampling = replace(cfg.sampling, seed=None if seed is None else seed + step * 100_003 + refill * 7919)
+    return records, run.pool.submit([r.prompt for r in records], sampling)
+
+
+def score(run: PPORun, step: int, records: list, refs: list, version: int, group_base: int = 0) -> Rollout:
+    """Gather the samples of `send`, score them; judge_pairwise samples with no successful comparison
+    are left out (never scored 0)."""
     import torch
 
     from ..data import text_of
-    from ..learner.group import NonFiniteLossError, prompt_indices
+    from ..learner.metrics import PhaseTimer
 
-    cfg, ppo = run.cfg, run.cfg.ppo
-    batch_prompts = [run.prompts[i] for i in prompt_indices(len(run.prompts), ppo.prompts_per_step, step,
-                                                             cfg.learner.seed)]
-    sampling = replace(cfg.sampling, seed=None if cfg.sampling.seed is None else cfg.sampling.seed + step * 100_003)
+    cfg, timer = run.cfg, PhaseTimer(("generate", "score"))
     with timer("generate"):
-        outs = run.pool.generate([r.prompt for r in batch_prompts], sampling)
-    kept = [(f"{rec.id}#{j}", text_of(rec.prompt), s, g) for g, (rec, group) in enumerate(zip(batch_prompts, outs,
-                                                                                             strict=True))
-            for j, s in enumerate(group) if s.token_ids]
+        outs = run.pool.gather(refs)
+    kept = [(f"{rec.id}#{j}", text_of(rec.prompt), s, group_base + g)
+            for g, (rec, group) in enumerate(zip(records, outs, strict=True)) for j, s in enumerate(group) if s.token_ids]
+    ids, texts, samples, groups = (list(x) for x in zip(*kept, strict=True)) if kept else ([], [], [], [])
+    out = Rollout(ids, texts, samples, groups, torch.zeros(0), None, version, seconds=timer.t)
     if not kept:
-        raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
-    ids, texts, samples, groups = (list(x) for x in zip(*kept, strict=True))
-    masked = 0
+        return out
     with timer("score"):
-        scores = torch.tensor(run.reward(texts, [s.text for s in samples], groups), dtype=torch.float32)
-        finite = torch.isfinite(scores)
+        out.scores = torch.tensor(run.reward(texts, [s.text for s in samples], groups), dtype=torch.float32)
+        finite = torch.isfinite(out.scores)
         if not finite.all() and cfg.reward.source == "judge_pairwise":  # no comparison of these samples
             keep = finite.nonzero(as_tuple=True)[0].tolist()              # succeeded: leave them out
             if not keep:
                 raise RuntimeError(f"step {step + 1}: every judge comparison failed (samples {ids})")
-            masked = len(ids) - len(keep)
-            ids, texts, samples, groups = ([x[k] for k in keep] for x in (ids, texts, samples, groups))
-            scores = scores[keep]
-        gold = [float(run.gold(t, s.text)) for t, s in zip(texts, samples, strict=True)] if run.gold else None
-    bad = [i for i, v in zip(ids, scores.tolist(), strict=True) if not math.isfinite(v)]
+            out = replace(out.select(keep), masked=len(ids) - len(keep))
+        if run.gold:
+            out.gold = [float(run.gold(t, s.text)) for t, s in zip(out.texts, out.samples, strict=True)]
+    return out
+
+
+def collect(run: PPORun, step: int, version: int) -> Rollout:
+    """The rollout of `step` from the engines' current weights (`version`), dynamic sampling included."""
+    records, refs = send(run, step)
+    rollout = score(run, step, records, refs, version)
+    if not rollout.ids:
+        raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
+    return dynamic_sample(run, rollout, step, version) if run.cfg.ppo.dynamic_sampling else rollout
+
+
+def dynamic_sample(run: PPORun, rollout: Rollout, step: int, version: int) -> Rollout:
+    """DAPO's dynamic sampling: drop the prompts whose samples all got the same reward (their group
+    advantage is 0 everywhere), refill with fresh prompts for up to `ppo.max_refills` rounds. Tied groups
+    come back only as far as needed to fill the minibatches on every rank."""
+    ppo, want = run.cfg.ppo, run.cfg.ppo.prompts_per_step
+    min_rows = ppo.minibatches * run.cfg.learner.num_ranks
+    kept, tied = split_ties(rollout)
+    refills = 0
+    while len(set(kept.groups)) < want and refills < ppo.max_refills:
+        refills += 1
+        records, refs = send(run, step, refills, want - len(set(kept.groups)))
+        more, more_tied = split_ties(score(run, step, records, refs, version, group_base=refills * 1_000_003))
+        kept, tied = kept.extend(more), tied.extend(more_tied)
+    dropped = len(set(tied.groups))
+    while len(kept.ids) < min_rows and tied.ids:  # too few rows to split: take tied groups back
+        g = tied.groups[0]
+        back = [k for k, x in enumerate(tied.groups) if x == g]
+        kept, tied = kept.extend(tied.select(back)), tied.select([k for k in range(len(tied.ids)) if k not in back])
+        dropped -= 1
+    return replace(kept, dropped=dropped, refills=refills, seconds={k: kept.seconds[k] + tied.seconds[k]
+                                                                   for k in kept.seconds})
+
+
+def split_ties(rollout: Rollout) -> tuple[Rollout, Rollout]:
+    """(the samples of prompts whose rewards differ, those of prompts whose rewards all tie)."""
+    members: dict[int, list[int]] = {}
+    for k, g in enumerate(rollout.groups):
+        members.setdefault(g, []).append(k)
+    scores = rollout.scores.tolist()
+    varied = {g for g, ks in members.items() if len(ks) > 1 and max(scores[k] for k in ks) - min(scores[k] for k in ks) > 1e-6}
+    keep = [k for k, g in enumerate(rollout.groups) if g in varied]
+    rest = [k for k, g in enumerate(rollout.groups) if g not in varied]
+    none = {"generate": 0.0, "score": 0.0}
+    return rollout.select(keep), replace(rollout.select(rest), masked=0, seconds=none)
+
+
+class Ahead:
+    """ppo.async_steps=1: the next step's rollout, generated while this step trains. The prompts go to
+    the engines now, before this step's weight push, so the engines sample them with this step's
+    weights (one step stale) and the push waits behind them; a driver thread gathers and scores them.
+    `Ahead.ready(rollout)` is one already made (resumed from a checkpoint)."""
+
+    def __init__(self, run: PPORun | None, step: int, version: int, executor=None):
+        self.refs, self.rollout = [], None
+        if run is not None:
+            records, self.refs = send(run, step)
+            self.future = executor.submit(score, run, step, records, self.refs, version)
+
+    @classmethod
+    def ready(cls, rollout: Rollout) -> Ahead:
+        out = cls(None, 0, 0)
+        out.rollout = rollout
+        return out
+
+    def wait_generated(self) -> None:
+        """Until the engines are done with these samples (the weight push goes after them)."""
+        import ray
+
+        if self.refs:
+            ray.wait(self.refs, num_returns=len(self.refs), fetch_local=False)
+
+    def result(self) -> Rollout:
+        if self.rollout is None:
+            self.rollout = self.future.result()
+        return self.rollout
+
+
+def save_ahead(ahead: Ahead | None, path: str) -> None:
+    """The scored rollout of the next step goes into the checkpoint (written before the checkpoint is
+    marked complete), so a resumed one-step-off run trains on exactly the samples it would have."""
+    import os
+    import pickle
+
+    if ahead is None:
+        return
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, NEXT_ROLLOUT), "wb") as f:
+        pickle.dump(ahead.result(), f)
+
+
+def load_ahead(path: str) -> Ahead | None:
+    import os
+    import pickle
+
+    if not os.path.exists(os.path.join(path, NEXT_ROLLOUT)):
+        return None
+    with open(os.path.join(path, NEXT_ROLLOUT), "rb") as f:
+        return Ahead.ready(pickle.load(f))
+
+
+# ---------------------------------------------------------------- learn: experience, update, sync
+
+def ppo_step(run: PPORun, rollout: Rollout, step: int, timer, ahead: Ahead | None = None) -> dict:
+    """Train on one rollout and push the new weights; returns the step's metrics row."""
+    import psutil
+
+    from ..learner.group import NonFiniteLossError
+
+    cfg, ppo = run.cfg, run.cfg.ppo
+    bad = [i for i, v in zip(rollout.ids, rollout.scores.tolist(), strict=True) if not math.isfinite(v)]
     if bad:
-        raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {ids}); "
+        raise NonFiniteError(f"step {step + 1}: non-finite reward for samples {bad} (batch: {rollout.ids}); "
                              "stopping, the last checkpoint is kept")
+    samples, scores = rollout.samples, rollout.scores
     with timer("train"):
-        batch, rollout = run.learners.experience(samples, scores, run.kl_ctl.value, groups)
+        batch, stats = run.learners.experience(samples, scores, run.kl_ctl.value, rollout.groups)
         try:
-            updates = run.learners.update(batch, ids, seed=cfg.learner.seed * 1_000_003 + step * 1009)
+            updates = run.learners.update(batch, rollout.ids, seed=cfg.learner.seed * 1_000_003 + step * 1009)
         except NonFiniteLossError as e:
             raise NonFiniteError(f"step {step + 1} {e}; stopping, the last checkpoint is kept") from None
+    if ahead is not None:
+        with timer("generate"):  # the engines finish the next step's samples before taking new weights
+            ahead.wait_generated()
     with timer("sync"):
         report = run.sync.push(version=step + 1)
-    n, tokens = len(samples), rollout["tokens"]
+    n, tokens = len(samples), stats.pop("tokens")
     row = {"reward_mean": scores.mean().item(), "reward_std": scores.std(unbiased=False).item(),
-           "kl": rollout["kl"], "kl_coef": run.kl_ctl.value, "entropy": rollout["entropy"],
-           "response_tokens_mean": tokens / n, "samples": n, "rollout_logprob_diff": rollout["rollout_logprob_diff"],
-           **updates,
-           "tokens_per_s_generate": tokens / max(timer.t["generate"], 1e-9),
+           "kl_coef": run.kl_ctl.value, **stats, "response_tokens_mean": tokens / n, "samples": n, **updates,
+           "staleness": step - rollout.version, "time_rollout_generate": rollout.seconds["generate"],
+           "time_rollout_score": rollout.seconds["score"],
+           "tokens_per_s_generate": tokens / max(rollout.seconds["generate"], 1e-9),
            "tokens_per_s_train": tokens * ppo.ppo_epochs / max(timer.t["train"], 1e-9),
            "sync_verified": report.verified, "sync_max_abs_diff": report.max_abs_diff, "sync_bytes": report.bytes,
            "driver_rss_mb": psutil.Process().memory_info().rss / 2**20}
     if cfg.reward.source == "judge_pairwise":
-        row["samples_masked"] = masked
-    if gold is not None:  # the true objective beside the proxy: when reward rises and this falls, it is gamed
-        row["gold_score_mean"] = sum(gold) / n
-    run.kl_ctl.update(rollout["kl"], n)
+        row["samples_masked"] = rollout.masked
+    if ppo.dynamic_sampling:
+        row.update(groups_dropped=rollout.dropped, refills=rollout.refills)
+    if rollout.gold is not None:  # the true objective beside the proxy: when reward rises and this falls, it is gamed
+        row["gold_score_mean"] = sum(rollout.gold) / n
+    run.kl_ctl.update(stats["kl"], n)
     return row

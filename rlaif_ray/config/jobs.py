@@ -125,6 +125,9 @@ class RewardConfig:
     pairwise_schedule: Literal["all", "circular"] = field_(
         "all", "source=judge_pairwise: every pair of a prompt's samples (n(n-1)/2), or each sample against the "
         "next one round the group (n pairs)")
+    pairwise_reward: Literal["win_rate", "bradley_terry"] = field_(
+        "win_rate", "source=judge_pairwise: a sample's reward is its mean win probability against the samples "
+        "it met, or its Bradley-Terry strength fitted to the group's soft outcomes (centred per group)")
     timeout_s: float = field_(600.0, "timeout of one scoring call", gt=0)
     batch_size: int = field_(16, "sequences per reward-model forward", ge=1)
     max_length: int = field_(512, "truncation length of the reward model", ge=8)
@@ -171,6 +174,16 @@ class PPOConfig:
         "(Dr. GRPO: no length bias)")
     kl_loss_coef: float = field_(0.0, "weight of a KL(pi || pi_ref) term (k3 estimator) in the loss, GRPO's "
                                  "way of staying near the reference (with it, set kl_coef to 0)", ge=0)
+    async_steps: int = field_(0, "1: one-step-off asynchronous rollouts, the engines generate step t+1's samples "
+                              "(with the weights of step t) while the learners train on step t's; 0: "
+                              "generate, then train", ge=0, le=1)
+    tis_cap: float | None = field_(2.0, "async_steps=1: truncated importance sampling, each token's policy loss "
+                                   "weighted by min(pi_old / pi_rollout, tis_cap), pi_rollout the engine's "
+                                   "logprob of the stale sample (None: no correction)", gt=0)
+    dynamic_sampling: bool = field_(False, "group estimators: drop prompts whose samples all got the same "
+                                    "reward (no gradient) and refill the batch with fresh prompts (DAPO)")
+    max_refills: int = field_(2, "dynamic_sampling: generation rounds per step to refill dropped prompts; "
+                              "after them the step trains on what it has", ge=0)
 
     @property
     def uses_critic(self) -> bool:
@@ -204,6 +217,9 @@ class TrainPPOJob:
         if self.reward.source == "judge_pairwise" and (self.sampling.n < 2 or self.reward.judge.protocol != "pairwise"):
             raise ConfigError("reward.source=judge_pairwise compares the samples of one prompt: it needs "
                               "sampling.n >= 2 and reward.judge.protocol=pairwise")
+        if self.ppo.dynamic_sampling and self.ppo.advantage not in ("grpo", "dr_grpo", "rloo"):
+            raise ConfigError(f"ppo.dynamic_sampling drops prompts whose samples tie, for the group estimators; "
+                              f"ppo.advantage is {self.ppo.advantage}")
         if self.ppo.advantage in ("grpo", "dr_grpo", "rloo") and self.sampling.n < 2:
             raise ConfigError(f"sampling.n: {self.sampling.n}, but ppo.advantage={self.ppo.advantage} compares the "
                               "samples of one prompt with each other: set sampling.n >= 2")

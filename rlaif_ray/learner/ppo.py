@@ -119,21 +119,30 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, how: str = "token_mean", max_
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_ratio: float, clip_ratio_high: float | None = None,
-                agg: str = "token_mean", max_tokens: int | None = None):
+                agg: str = "token_mean", max_tokens: int | None = None, weights: torch.Tensor | None = None):
     """Clipped surrogate: ρ_t = exp(log π − log π_old),
-    L = agg_t max(−A_t·ρ_t, −A_t·clip(ρ_t, 1−ε, 1+ε_high)), ε_high = ε unless set (clip-higher, DAPO).
+    L = agg_t w_t·max(−A_t·ρ_t, −A_t·clip(ρ_t, 1−ε, 1+ε_high)), ε_high = ε unless set (clip-higher, DAPO);
+    w_t = 1, or the truncated importance weight of a stale sample (`tis_weights`).
     Returns (loss, stats) with the clip fraction and approx KL(π_old ‖ π) ≈ mean ½(log ρ)²."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     high = clip_ratio if clip_ratio_high is None else clip_ratio_high
     clipped = -advantages * torch.clamp(ratio, 1 - clip_ratio, 1 + high)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, agg, max_tokens)
+    per_token = torch.maximum(unclipped, clipped)
+    loss = aggregate(per_token if weights is None else weights * per_token, mask, agg, max_tokens)
     with torch.no_grad():
         stats = {"clip_frac": masked_mean((clipped > unclipped).float(), mask),
                  "approx_kl": masked_mean(0.5 * log_ratio ** 2, mask),
                  "ratio_mean": masked_mean(ratio, mask)}
     return loss, stats
+
+
+def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor, cap: float):
+    """Truncated importance sampling for samples drawn by older weights (one-step-off rollouts):
+    w_t = min(π_old(a_t) / π_rollout(a_t), C), no gradient. π_old is the learner's policy before this
+    update, π_rollout the engine's that sampled a_t (Espeholt et al. 2018; Yao et al. 2025)."""
+    return torch.exp(old_logprobs - rollout_logprobs).clamp(max=cap) * mask
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
@@ -159,10 +168,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def ppo_loss(logprobs, old_logprobs, advantages, values, old_values, returns, entropy, mask,
              clip_ratio: float, value_clip: float, vf_coef: float, entropy_coef: float,
              clip_ratio_high: float | None = None, agg: str = "token_mean", max_tokens: int | None = None,
-             ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0):
+             ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0,
+             weights: torch.Tensor | None = None):
     """L = L_clip(π) + c_v·L_V − c_H·mean_t H_t + β_loss·mean_t KL_k3(π ‖ π_ref); `values` is None without
-    a value head (separate critic, or a critic-free estimator). Returns (loss, stats of every term)."""
-    pg, stats = policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio_high, agg, max_tokens)
+    a value head (separate critic, or a critic-free estimator); `weights` the per-token importance weights of
+    stale samples (None: 1). Returns (loss, stats of every term)."""
+    pg, stats = policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio_high, agg, max_tokens,
+                            weights)
     ent = masked_mean(entropy, mask)
     loss = pg - entropy_coef * ent
     if kl_loss_coef > 0:

@@ -95,10 +95,17 @@ class PPOLearners:
         batch.update(old_logprobs=fwd["logprobs"], old_values=values, advantages=adv, returns=ret)
         if ppo.kl_loss_coef > 0:
             batch["ref_logprobs"] = fwd["ref_logprobs"]
-        # vLLM sampled from the weights the learner holds: their logprobs must agree (sync sanity check)
-        gap = (engine_logprobs(samples, mask) - fwd["logprobs"]).abs()
-        return batch, {"kl": kl.sum(1).mean().item(), "entropy": P.masked_mean(fwd["entropy"], mask).item(),
-                       "rollout_logprob_diff": P.masked_mean(gap, mask).item(), "tokens": int(mask.sum())}
+        # Synchronous: vLLM sampled from the weights the learner holds, their logprobs must agree (a sanity
+        # check). One-step-off: it sampled from the previous weights, and the gap is what TIS corrects.
+        rollout_logprobs = engine_logprobs(samples, mask)
+        gap = (rollout_logprobs - fwd["logprobs"]).abs()
+        stats = {"kl": kl.sum(1).mean().item(), "entropy": P.masked_mean(fwd["entropy"], mask).item(),
+                 "rollout_logprob_diff": P.masked_mean(gap, mask).item(), "tokens": int(mask.sum())}
+        if ppo.async_steps and ppo.tis_cap is not None:
+            w = batch["is_weights"] = P.tis_weights(fwd["logprobs"], rollout_logprobs, mask, ppo.tis_cap)
+            stats.update(is_weight_mean=P.masked_mean(w, mask).item(),
+                         is_weight_capped_frac=P.masked_mean((w >= ppo.tis_cap).float(), mask).item())
+        return batch, stats
 
     def update(self, batch: dict, ids: list[str], seed: int) -> dict:
         """ppo_epochs passes of `minibatches` optimizer steps over a seeded permutation; the mean of each

@@ -4,7 +4,7 @@ A PPO batch is a dict of tensors in sequence coordinates, right-padded to length
     input_ids, attention_mask     [B, L]      prompt + response tokens
     response_mask                 [B, L-1]    1 where the token at t+1 is a response token
 and, for `loss`, from the rollout phase (same [B, L-1] layout):
-    old_logprobs, old_values, advantages, returns
+    old_logprobs, old_values, advantages, returns (and is_weights for stale one-step-off samples)
 Position t of every [B, L-1] tensor belongs to the logits at t, which predict token t+1.
 
     obj = PPOObjective(ppo_cfg, temperature)
@@ -68,7 +68,7 @@ class PPOObjective:
         return ppo.ppo_loss(logprobs, batch["old_logprobs"], batch["advantages"], values, batch["old_values"],
                             batch["returns"], entropy, batch["response_mask"], c.clip_ratio, c.value_clip,
                             c.vf_coef, c.entropy_coef, c.clip_ratio_high, c.loss_agg, self.max_new_tokens,
-                            batch.get("ref_logprobs"), c.kl_loss_coef)
+                            batch.get("ref_logprobs"), c.kl_loss_coef, batch.get("is_weights"))
 
 
 class ValueObjective:

@@ -87,6 +87,7 @@ class PairwiseJudgeReward:
         from ..feedback.pool import FeedbackPool
 
         self.judge, self.schedule, self.chash = cfg.judge, cfg.pairwise_schedule, config_hash(cfg.judge)
+        self.reward = cfg.pairwise_reward
         labels = os.path.join(run_dir, "reward-labels")
         self.pool = FeedbackPool(FeedbackPoolConfig(num_actors=cfg.judge_actors, judge=cfg.judge), ray_cfg, labels,
                                  self.chash)
@@ -119,7 +120,7 @@ class PairwiseJudgeReward:
         if todo:
             self.pool.label(todo)
             self.store.refresh()
-        wins, seen = [0.0] * len(responses), [0] * len(responses)
+        outcomes = []  # (i, j, P(i beats j)) of every comparison that succeeded
         for i, j in self._pairs(groups if groups is not None else [0] * len(responses)):
             pair = pairs.get((i, j))
             if pair is None:  # the same text twice: a tie
@@ -132,6 +133,11 @@ class PairwiseJudgeReward:
                     continue  # a failed comparison says nothing about either sample
                 p_a = sum(ps) / len(ps)
                 p_i = p_a if responses[i] == pair.response_a else 1.0 - p_a
+            outcomes.append((i, j, p_i))
+        if self.reward == "bradley_terry":
+            return bradley_terry(len(responses), outcomes)
+        wins, seen = [0.0] * len(responses), [0] * len(responses)
+        for i, j, p_i in outcomes:
             wins[i] += p_i
             wins[j] += 1.0 - p_i
             seen[i] += 1
@@ -140,6 +146,36 @@ class PairwiseJudgeReward:
 
     def close(self) -> None:
         self.pool.shutdown()
+
+
+def bradley_terry(n: int, outcomes: list[tuple[int, int, float]], l2: float = 0.1, iters: int = 25) -> list[float]:
+    """Strengths s maximising Σ p·log σ(s_i − s_j) + (1 − p)·log σ(s_j − s_i) − (l2/2)·|s|² over the soft
+    outcomes (i, j, p = P(i beats j)), by Newton's method (the objective is strictly concave). The prior
+    keeps a sample that won every comparison finite and centres each group on 0. A sample in no outcome
+    gets NaN (nothing is known of it)."""
+    import torch
+
+    s = torch.zeros(n, dtype=torch.float64)
+    if outcomes:
+        a, b, won = zip(*outcomes, strict=True)
+        i, j, p = torch.tensor(a), torch.tensor(b), torch.tensor(won, dtype=torch.float64)
+        for _ in range(iters):
+            q = torch.sigmoid(s[i] - s[j])
+            g = l2 * s
+            g.index_add_(0, i, q - p)
+            g.index_add_(0, j, p - q)
+            w = q * (1 - q)
+            h = l2 * torch.eye(n, dtype=torch.float64)
+            h.index_put_((i, i), w, accumulate=True)
+            h.index_put_((j, j), w, accumulate=True)
+            h.index_put_((i, j), -w, accumulate=True)
+            h.index_put_((j, i), -w, accumulate=True)
+            step = torch.linalg.solve(h, g)
+            s -= step
+            if step.abs().max() < 1e-10:
+                break
+    seen = {k for a, b, _ in outcomes for k in (a, b)}
+    return [float(v) if k in seen else math.nan for k, v in enumerate(s.tolist())]
 
 
 def build_reward_source(cfg: RewardConfig, ray_cfg: RayConfig | None = None, run_dir: str | None = None):

@@ -50,13 +50,21 @@ class RolloutPool:
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> list[list[Sample]]:
         """n samples per prompt, in input order; a prompt rejected as too long gets []."""
+        return self.gather(self.submit(prompts, sampling))
+
+    def submit(self, prompts: list[Prompt], sampling: SamplingConfig) -> list:
+        """Start `generate` on the workers and return at once (the refs for `gather`). A worker runs its
+        calls in order, so a weight push sent after this reaches the engines after these samples."""
         for i, p in enumerate(prompts):
             if not (p.strip() if isinstance(p, str) else p):
                 raise ValueError(f"prompt {i}: empty prompt")
         parts = _chunks(len(prompts), len(self.workers))
-        chunks = self.group.call("generate", per_actor=[(prompts[a:b], sampling, a) for a, b in parts])
-        results = [r for chunk in chunks for r in chunk]
-        self.stats["prompts"] += len(prompts)
+        return self.group.submit("generate", per_actor=[(prompts[a:b], sampling, a) for a, b in parts])
+
+    def gather(self, refs: list) -> list[list[Sample]]:
+        """The results of `submit`, in input order, counted into `stats`."""
+        results = [r for chunk in self.group.wait(refs, "generate", list(range(len(refs)))) for r in chunk]
+        self.stats["prompts"] += len(results)
         self.stats["rejected"] += sum(1 for r in results if not r)
         self.stats["truncated"] += sum(1 for r in results if r and r[0].prompt_truncated)
         return results
