@@ -1,10 +1,26 @@
-"""`rlaif-ray bench rollout`: a vLLM rollout worker vs transformers `generate` on the same model, the same
-64 prompts and the same sampling (64 new tokens), side by side in one run, for a tiny and a ~100M model.
+"""`rlaif-ray bench rollout`: vLLM rollout workers on any model, against transformers `generate` on the
+same model and settings, side by side in one run.
 
-Both engines run the same way: one RolloutWorker actor with the machine's cores (the vLLM one with
-`cpu_threads_bind=all`, the HF one with torch threads = cores), started one after the other, never
-together. Also prints the decode roofline: a decode step reads every weight once, so a batch of B
-sequences can make at most B * bandwidth / weight_bytes tokens/s (bandwidth measured here by a copy).
+    rlaif-ray bench rollout --json F                     # the built-in tiny and ~100M models, batch 64
+    rlaif-ray bench rollout --model PATH|HF-id --workers 1,8 --tp 1 --batch 64,256 --prompt-len 128,1024 \\
+        --new-tokens 256 [--ray.address auto] [--no-hf] --json F [--plot F.png]
+
+Every comma list is swept. A pool of N workers (tensor parallel K each) starts once per (N, K) and runs
+every (batch, prompt length, new tokens) combination; `batch` is the sequences each worker decodes at
+once (N x batch prompts per run, after a warm-up; the fastest of `--repeats` runs, both engines alike). Per combination: aggregate output tokens/s, each
+worker's tokens/s (its tokens over the time its call took), time to first token and inter-token latency
+p50/p90/p99 over the requests (vLLM's request stats: arrival -> first token; (last - first token) /
+(tokens - 1)), engine start-up, memory per worker, and the decode roofline: a decode step reads every
+weight once, so a worker makes at most batch x K x bandwidth / weight bytes tokens/s (bandwidth measured
+by a copy on the workers' device; KV reads ignored, so a true bound), with the fraction reached. The
+baseline is one HF worker with sdpa attention and whichever KV cache (dynamic or static) a short trial
+on the same model finds faster, on the same prompts and sampling, one after the other, never together.
+
+Prompts of a set token length are cut from a synthetic corpus (`--prompt-len`; without it, the natural
+short prompts of earlier runs). On a Ray cluster (`--ray.address auto`, e.g. inside `ray job submit`)
+the workers are spread over the nodes. Writes a table, JSON (top-level `speedup`, `vllm_tokens_per_s`,
+`hf_tokens_per_s`, `model_params` of the last model; `runs`: one row per configuration) and a PNG
+(tokens/s against batch, one line per configuration).
 """
 
 from __future__ import annotations
@@ -13,91 +29,309 @@ import json
 import os
 import time
 
+BUILT_IN = {"tiny": 2_000_000, "100m": 100_000_000}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"bench rollout: expected a comma list of integers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise SystemExit(f"bench rollout: expected positive integers, got {text!r}")
+    return out
+
 
 def add_arguments(p) -> None:
-    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="weights dtype of both engines")
-    p.add_argument("--prompts", type=int, default=64, help="prompts per run")
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")
+    p.add_argument("--model", default=None, help="model dir or HF id (default: the built-in tiny and ~100M "
+                   "models; --quick: tiny only)")
+    p.add_argument("--workers", default="1", help="rollout workers, comma list")
+    p.add_argument("--tp", default="1", help="tensor-parallel GPUs per worker, comma list (GPU only)")
+    p.add_argument("--batch", default=None, help="sequences per worker at once, comma list (default --prompts)")
+    p.add_argument("--prompt-len", default=None, help="prompt tokens, comma list (default: short natural prompts)")
+    p.add_argument("--new-tokens", default="64", help="tokens generated per prompt, comma list")
+    p.add_argument("--prompts", type=int, default=64, help="batch when --batch is not given")
+    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="weights dtype of both engines")
+    p.add_argument("--ray.address", dest="ray_address", default="local", help="Ray cluster ('auto' inside "
+                   "ray job submit; default: a local one)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration, the fastest kept "
+                   "(both engines alike)")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--in-process", action="store_true", help="vLLM engine core in the worker's process: starts "
+                   "in seconds but decodes on one thread (tests)")
+    p.add_argument("--plot", default=None, help="PNG path (default: next to --json, else bench-rollout.png)")
 
+
+# ---------------------------------------------------------------- measurements
 
 def memory_bandwidth_gbs(mb: int = 512) -> float:
-    """Read+write bytes per second of a large tensor copy (best of 3)."""
+    """Read+write bytes per second of a large tensor copy (best of 3), on the GPU where there is one."""
     import torch
 
-    src = torch.ones(mb * 2**20 // 4)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    src = torch.ones(mb * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(4):
+        if device == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         dst.copy_(src)
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * src.numel() * 4 / best / 1e9
 
 
-def bench_prompts(n: int) -> list[str]:
+def bench_prompts(n: int, prompt_len: int | None, tokenizer=None) -> list[str]:
+    """n distinct prompts: short natural sentences, or `prompt_len` tokens each (cut from a corpus)."""
     from rlaif_ray.models.tiny import generate_corpus
 
-    return [f"{s} Tell me more." for s in generate_corpus(n, seed=7)]
+    if prompt_len is None:
+        return [f"{s} Tell me more." for s in generate_corpus(n, seed=7)]
+    corpus = generate_corpus(max(64, prompt_len // 4), seed=7)
+    ids = tokenizer.encode(" ".join(corpus), add_special_tokens=False)
+    while len(ids) < prompt_len + n:
+        ids = ids + ids
+    # each prompt starts at its own offset: no two share a prefix (no prefix-cache hits)
+    return [tokenizer.decode(ids[i * 7 % len(ids):][:prompt_len]) for i in range(n)]
 
 
-def run_engine(backend: str, path: str, prompts: list[str], new_tokens: int, dtype: str) -> dict:
-    from rlaif_ray.config import RolloutConfig, SamplingConfig
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 5)
+
+
+def run_combo(pool, prompts: list[str], new_tokens: int, repeats: int = 1) -> dict:
+    """A timed generate on every worker at once (each its own chunk), the fastest of `repeats`; a short
+    warm-up first. The same seeds every time, so every repeat makes the same tokens."""
+    import ray
+
+    from rlaif_ray.config import SamplingConfig
+
+    sampling = SamplingConfig(n=1, temperature=1.0, max_new_tokens=new_tokens, seed=0)
+    n = len(pool.workers)
+    per = len(prompts) // n
+    chunks = [prompts[i * per:(i + 1) * per] for i in range(n)]
+    pool.group.call("generate", per_actor=[(c[:4], sampling, 0) for c in chunks])  # warm-up
+    best = None
+    for _ in range(repeats):  # the fastest of `repeats` identical runs: this machine's noise is ±10%
+        t0 = time.perf_counter()
+        refs = pool.group.submit("generate", per_actor=[(c, sampling, i * per) for i, c in enumerate(chunks)])
+        done_at, pending = {}, list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done_at[ready[0]] = time.perf_counter() - t0
+        if best is None or time.perf_counter() - t0 < best[0]:
+            best = (time.perf_counter() - t0, refs, done_at)
+    seconds, refs, done_at = best
+    outs = pool.group.wait(refs, "generate")
+    samples = [[s for group in out for s in group] for out in outs]
+    tokens = [sum(len(s.token_ids) for s in w) for w in samples]
+    flat = [s for w in samples for s in w]
+    ttft = [s.ttft_s for s in flat if s.ttft_s is not None]
+    itl = [s.itl_s for s in flat if s.itl_s is not None]
+    return {"tokens": sum(tokens), "seconds": seconds, "tokens_per_s": sum(tokens) / seconds,
+            "per_worker_tokens": tokens,
+            "per_worker_tokens_per_s": [round(t / done_at[r], 1) for t, r in zip(tokens, refs, strict=True)],
+            "prompt_tokens_mean": sum(len(s.prompt_token_ids) for s in flat) / max(1, len(flat)),
+            **{f"ttft_s_p{q}": _pct(ttft, q / 100) for q in (50, 90, 99)},
+            **{f"itl_s_p{q}": _pct(itl, q / 100) for q in (50, 90, 99)}}
+
+
+def fastest_hf_cache(path: str, dtype: str, prompts: list[str], new_tokens: int) -> dict:
+    """A short trial of HF generate with a dynamic and a static KV cache on this model: the faster
+    one is the baseline's setting (its own best, so the comparison stays fair)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlaif_ray.models import load_tokenizer, torch_dtype
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    tok = load_tokenizer(path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), attn_implementation="sdpa").eval()
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    seconds = {}
+    for cache in ("dynamic", "static"):
+        runs = []
+        for _ in range(2):  # the first pays allocation
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(**enc, max_new_tokens=new_tokens, do_sample=True, cache_implementation=cache,
+                               pad_token_id=tok.pad_token_id)
+            runs.append(time.perf_counter() - t0)
+        seconds[cache] = round(min(runs), 3)
+    del model
+    return {"hf_cache": min(seconds, key=seconds.get), "hf_cache_trial_s": seconds}
+
+
+# ---------------------------------------------------------------- the sweep
+
+def sweep(args) -> list[dict]:
+    import ray
+
+    from rlaif_ray.config import RolloutConfig
+    from rlaif_ray.models import load_tokenizer, tiny_model_path
     from rlaif_ray.rollout import RolloutPool
 
+    models = [args.model] if args.model else ["tiny"] if args.quick else ["tiny", "100m"]
+    workers, tps, new_tokens = _ints(args.workers), _ints(args.tp), _ints(args.new_tokens)
+    batches = _ints(args.batch) if args.batch else [args.prompts]
+    prompt_lens = _ints(args.prompt_len) if args.prompt_len else [None]
+    rows = []
+    for name in models:
+        path = str(tiny_model_path(BUILT_IN[name], seed=0)) if name in BUILT_IN else name
+        params = _count_params(path)
+        weight_bytes = params * (4 if args.dtype == "fp32" else 2)
+        tok = load_tokenizer(path)
+        max_len = max(p or 64 for p in prompt_lens) + max(new_tokens) + 16
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        base = {"max_model_len": max(256, max_len), "max_num_seqs": max(batches), "chat_template": False,
+                "kv_cache_gib": 2.0, "request_timing": True, "in_process": args.in_process}
+        for n, k in [(n, k) for n in workers for k in tps]:
+            if k > 1 and not gpus:
+                print(f"skipping --tp {k}: tensor parallel needs GPUs, this cluster has none")
+                continue
+            cores = len(os.sched_getaffinity(0))
+            cfg = RolloutConfig(num_workers=n, tensor_parallel_size=k, gpus_per_worker=1.0 if gpus else 0.0,
+                                cpus_per_worker=1.0 if gpus else max(1, cores // n), **base)
+            bw = _bandwidth(ray, cfg)
+            pool = RolloutPool(path, cfg, seed=0, dtype=args.dtype, strategy="SPREAD")
+            try:
+                startup = [round(i["startup_s"], 1) for i in pool.infos]
+                for b, plen, t in [(b, p, t) for b in batches for p in prompt_lens for t in new_tokens]:
+                    prompts = bench_prompts(n * b, plen, tok)
+                    m = run_combo(pool, prompts, t, args.repeats)
+                    roof = n * b * k * bw * 1e9 / weight_bytes
+                    rows.append({"model": name, "model_params": params, "dtype": args.dtype, "workers": n, "tp": k,
+                                 "batch": b, "prompt_len": plen, "prompts": len(prompts), "new_tokens": t,
+                                 "nodes": sorted(set(pool.group.nodes)),
+                                 "vllm_tokens_per_s": round(m["tokens_per_s"], 1), "vllm_tokens": m["tokens"],
+                                 "vllm_seconds": round(m["seconds"], 3),
+                                 **{key: m[key] for key in m if key not in ("tokens", "seconds", "tokens_per_s")},
+                                 "startup_s": max(startup), "startup_s_per_worker": startup,
+                                 "memory_mb_per_worker": [{k2: round(v, 1) for k2, v in x.items()}
+                                                          for x in pool.group.call("memory_mb")],
+                                 "weight_bytes": weight_bytes, "memory_bandwidth_gbs": round(bw, 2),
+                                 "roofline_tokens_per_s": round(roof, 1),
+                                 "roofline_fraction": round(m["tokens_per_s"] / roof, 4)})
+                    print(_line(rows[-1]))
+                    _write(args, rows)
+            finally:
+                pool.shutdown()
+        if not args.no_hf:
+            _baseline(args, rows, name, path, tok, batches, prompt_lens, new_tokens, base)
+    return rows
+
+
+def _bandwidth(ray, cfg) -> float:
+    """Copy bandwidth measured where the workers run (their device), before the engines start."""
+    task = ray.remote(memory_bandwidth_gbs).options(num_cpus=cfg.cpus_per_worker,
+                                                    num_gpus=1 if cfg.gpus_per_worker else 0)
+    return ray.get(task.remote())
+
+
+def _baseline(args, rows, name, path, tok, batches, prompt_lens, new_tokens, base) -> None:
+    """transformers generate, one worker with every core of its node, on each (batch, prompt, tokens)."""
+    import ray
+
+    from rlaif_ray.config import RolloutConfig
+    from rlaif_ray.rollout import RolloutPool
+
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    trial = fastest_hf_cache(path, args.dtype, bench_prompts(min(batches), prompt_lens[0], tok)[:16], 8) \
+        if not gpus else {"hf_cache": "dynamic", "hf_cache_trial_s": None}
     cores = len(os.sched_getaffinity(0))
-    cfg = RolloutConfig(backend=backend, num_workers=1, cpus_per_worker=cores, max_model_len=256, kv_cache_gib=2)
+    cfg = RolloutConfig(backend="hf", num_workers=1, gpus_per_worker=1.0 if gpus else 0.0,
+                        cpus_per_worker=1.0 if gpus else cores, hf_cache=trial["hf_cache"],
+                        **{k: v for k, v in base.items() if k not in ("request_timing", "in_process")})
     t0 = time.perf_counter()
-    pool = RolloutPool(path, cfg, seed=0, dtype=dtype)
+    pool = RolloutPool(path, cfg, seed=0, dtype=args.dtype)
     startup = time.perf_counter() - t0
     try:
-        sampling = SamplingConfig(n=1, temperature=1.0, max_new_tokens=new_tokens, seed=0)
-        pool.generate(prompts[:4], sampling)  # warm-up
-        t0 = time.perf_counter()
-        out = pool.generate(prompts, sampling)
-        seconds = time.perf_counter() - t0
+        for b, plen, t in [(b, p, t) for b in batches for p in prompt_lens for t in new_tokens]:
+            m = run_combo(pool, bench_prompts(b, plen, tok), t, args.repeats)
+            for r in rows:
+                if r["model"] == name and (r["batch"], r["prompt_len"], r["new_tokens"]) == (b, plen, t):
+                    r.update(hf_tokens_per_s=round(m["tokens_per_s"], 1), hf_tokens=m["tokens"],
+                             hf_seconds=round(m["seconds"], 3), hf_startup_s=round(startup, 1), **trial,
+                             speedup=round(r["vllm_tokens_per_s"] / m["tokens_per_s"], 3),
+                             speedup_per_worker=round(r["vllm_tokens_per_s"] / r["workers"] / m["tokens_per_s"], 3))
+            print(f"  HF baseline batch {b} prompt {plen} new {t}: {m['tokens_per_s']:.0f} tok/s ({trial['hf_cache']} cache)")
+            _write(args, rows)
     finally:
         pool.shutdown()
-    tokens = sum(len(s.token_ids) for group in out for s in group)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "startup_s": startup}
+
+
+def _line(r: dict) -> str:
+    return (f"{r['model']:>10} w{r['workers']} tp{r['tp']} batch {r['batch']:>4} prompt {str(r['prompt_len']):>5} "
+            f"new {r['new_tokens']:>4}: {r['vllm_tokens_per_s']:>9,.0f} tok/s  ttft p50 {r['ttft_s_p50']}s  "
+            f"itl p50 {r['itl_s_p50']}s  roofline {100 * r['roofline_fraction']:.1f}%")
+
+
+def _write(args, rows: list[dict]) -> None:
+    """After every configuration: a slow later one must not lose the earlier figures."""
+    if getattr(args, "json_path", None):
+        head = {k: rows[-1][k] for k in ("model_params", "vllm_tokens_per_s", "hf_tokens_per_s", "speedup",
+                                         "startup_s", "hf_startup_s", "roofline_tokens_per_s")
+                if k in rows[-1]}
+        with open(args.json_path, "w") as f:
+            json.dump({**head, "runs": rows}, f, indent=1)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Tokens/s against batch: one line per (model, workers, tp, prompt, new tokens), HF dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[tuple, list] = {}
+    for r in rows:
+        lines.setdefault((r["model"], r["workers"], r["tp"], r["prompt_len"], r["new_tokens"]), []).append(r)
+    for (model, n, k, plen, t), rs in lines.items():
+        rs.sort(key=lambda r: r["batch"])
+        label = f"{os.path.basename(str(model))} {n}w tp{k} p{plen or 'short'} n{t}"
+        ax.plot([r["batch"] for r in rs], [r["vllm_tokens_per_s"] for r in rs], marker="o", label=f"vLLM {label}")
+        if all("hf_tokens_per_s" in r for r in rs):
+            ax.plot([r["batch"] for r in rs], [r["hf_tokens_per_s"] for r in rs], marker="x", linestyle="--",
+                    label=f"HF {os.path.basename(str(model))} p{plen or 'short'} n{t}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (sequences per worker)")
+    ax.set_ylabel("output tokens/s (all workers)")
+    ax.set_title("rollout throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run(args) -> int:
     from rlaif_ray.cluster import init_ray
     from rlaif_ray.config import RayConfig
-    from rlaif_ray.models import tiny_model_path
 
-    sizes = [2_000_000] if args.quick else [2_000_000, 100_000_000]
-    init_ray(RayConfig(object_store_mb=512))
-    bandwidth = memory_bandwidth_gbs()
-    prompts = bench_prompts(args.prompts)
-    bytes_per = 2 if args.dtype == "bf16" else 4
-    results = []
-    for size in sizes:
-        path = str(tiny_model_path(size, seed=0))
-        params = _count_params(path)
-        vllm = run_engine("vllm", path, prompts, args.new_tokens, args.dtype)
-        hf = run_engine("hf", path, prompts, args.new_tokens, args.dtype)
-        weight_bytes = params * bytes_per
-        results.append({
-            "model_params": params, "dtype": args.dtype, "prompts": len(prompts), "new_tokens": args.new_tokens,
-            "vllm_tokens_per_s": round(vllm["tokens_per_s"], 1), "hf_tokens_per_s": round(hf["tokens_per_s"], 1),
-            "speedup": round(vllm["tokens_per_s"] / hf["tokens_per_s"], 2),
-            "startup_s": round(vllm["startup_s"], 1), "hf_startup_s": round(hf["startup_s"], 1),
-            "vllm_tokens": vllm["tokens"], "hf_tokens": hf["tokens"],
-            "weight_bytes": weight_bytes, "memory_bandwidth_gbs": round(bandwidth, 2),
-            "roofline_tokens_per_s": round(len(prompts) * bandwidth * 1e9 / weight_bytes, 1),
-        })
-        if args.json_path:  # after every model: a slow second model must not lose the first's figures
-            with open(args.json_path, "w") as f:
-                json.dump({**results[-1], "runs": results}, f, indent=2)
-    print(f"{'params':>12} {'vLLM tok/s':>11} {'HF tok/s':>9} {'speedup':>8} {'start s':>8} "
-          f"{'weights MB':>11} {'roofline tok/s':>15}")
-    for r in results:
-        print(f"{r['model_params']:>12,} {r['vllm_tokens_per_s']:>11,.0f} {r['hf_tokens_per_s']:>9,.0f} "
-              f"{r['speedup']:>8.2f} {r['startup_s']:>8.1f} {r['weight_bytes'] / 1e6:>11.1f} "
-              f"{r['roofline_tokens_per_s']:>15,.0f}")
-    print(f"decode roofline: each step reads all weights; measured copy bandwidth {bandwidth:.1f} GB/s, "
-          f"batch {len(prompts)} -> at most batch x bandwidth / weight bytes tokens/s")
+    init_ray(RayConfig(address=args.ray_address, object_store_mb=512))
+    rows = sweep(args)
+    if not rows:
+        print("bench rollout: no configuration ran")
+        return 1
+    _write(args, rows)
+    png = args.plot or (os.path.splitext(args.json_path)[0] + ".png" if args.json_path else "bench-rollout.png")
+    plot(rows, png)
+    print(f"\n{'model':>10} {'workers':>7} {'tp':>3} {'batch':>5} {'prompt':>6} {'new':>4} {'vLLM tok/s':>11} "
+          f"{'HF tok/s':>9} {'speedup':>8} {'ttft p50':>9} {'itl p50':>8} {'roofline':>9} {'start s':>7}")
+    for r in rows:
+        hf = r.get("hf_tokens_per_s")
+        print(f"{r['model']:>10} {r['workers']:>7} {r['tp']:>3} {r['batch']:>5} {str(r['prompt_len'] or '-'):>6} "
+              f"{r['new_tokens']:>4} {r['vllm_tokens_per_s']:>11,.0f} {'-' if hf is None else f'{hf:,.0f}':>9} "
+              f"{r.get('speedup', '-'):>8} {r['ttft_s_p50'] or '-':>9} {r['itl_s_p50'] or '-':>8} "
+              f"{100 * r['roofline_fraction']:>8.1f}% {r['startup_s']:>7}")
+    print(f"decode roofline: batch x tp x bandwidth / weight bytes per worker (bandwidth "
+          f"{rows[-1]['memory_bandwidth_gbs']} GB/s by a copy); plot: {png}")
     return 0
 
 
@@ -106,6 +340,10 @@ def _count_params(path: str) -> int:
 
     from safetensors import safe_open
 
+    if not os.path.isdir(path):  # an HF id: the hub cache holds the files
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(path, allow_patterns=["*.safetensors", "*.json"])
     total = 0
     for f in os.listdir(path):
         if f.endswith(".safetensors"):

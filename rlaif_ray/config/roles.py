@@ -190,6 +190,11 @@ class RolloutConfig:
     chat_template: bool = field_(True, "wrap a plain-string prompt as one user message when the tokenizer "
                                  "has a chat template (False: use the string verbatim)")
     timeout_s: float = field_(1800.0, "timeout of one generate call on a worker", gt=0)
+    max_num_seqs: int = field_(256, "sequences an engine decodes at once (vLLM max_num_seqs; the HF engine's "
+                               "generate batch)", ge=1)
+    request_timing: bool = field_(False, "record each sample's time to first token and mean inter-token "
+                                  "latency (vLLM request stats; bench rollout)")
+    hf_cache: Literal["dynamic", "static"] = field_("dynamic", "KV cache of the HF engine's generate")
     resources: dict[str, float] = field_({}, "extra Ray resources each worker's bundle asks for: a custom "
                                          "resource given to `ray start --resources` pins the workers to "
                                          "those nodes (e.g. {inference_node: 1})")

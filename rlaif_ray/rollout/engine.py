@@ -49,6 +49,8 @@ class Sample:
     finish_reason: str  # "stop" (eos or stop string) | "length"
     prompt_token_ids: list[int] = field(default_factory=list)
     prompt_truncated: int = 0  # prompt tokens cut from the left to fit the context
+    ttft_s: float | None = None  # rollout.request_timing: request arrival -> first token (vLLM)
+    itl_s: float | None = None  # rollout.request_timing: mean seconds between its later tokens (vLLM)
 
 
 def build_engine(model_path: str, cfg: RolloutConfig, seed: int = 0, dtype: str = "fp32"):
@@ -143,6 +145,7 @@ class VLLMEngine(_Tokenizing):
                        logprobs_mode="processed_logprobs", max_logprobs=64,
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization,
+                       max_num_seqs=cfg.max_num_seqs, disable_log_stats=not cfg.request_timing,
                        worker_extension_cls=WORKER_EXTENSION, **kwargs)
         self.ranks = cfg.tensor_parallel_size
 
@@ -174,7 +177,8 @@ class VLLMEngine(_Tokenizing):
             results.append([Sample(token_ids=list(c.token_ids), text=c.text,
                                    logprobs=[step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)],
                                    finish_reason="length" if c.finish_reason == "length" else "stop",
-                                   prompt_token_ids=ids, prompt_truncated=cut) for c in out.outputs])
+                                   prompt_token_ids=ids, prompt_truncated=cut, **_timing(out.metrics))
+                            for c in out.outputs])
         return results
 
     def next_token_logprobs(self, prompts: list[Prompt], candidates: list[str]) -> list[dict[str, float]]:
@@ -225,10 +229,17 @@ class VLLMEngine(_Tokenizing):
         gc.collect()
 
 
+def _timing(stats) -> dict:
+    """ttft_s / itl_s of a request from vLLM's RequestStateStats (kept with rollout.request_timing)."""
+    if stats is None or not getattr(stats, "first_token_ts", 0):
+        return {}
+    n = stats.num_generation_tokens
+    itl = (stats.last_token_ts - stats.first_token_ts) / (n - 1) if n > 1 else None
+    return {"ttft_s": stats.first_token_latency, "itl_s": itl}
+
+
 class HFEngine(_Tokenizing):
     """transformers `generate` with the same interface, for machines without vLLM."""
-
-    batch_size = 64
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, dtype: str = "fp32"):
         super().__init__(model_path, cfg)
@@ -238,8 +249,9 @@ class HFEngine(_Tokenizing):
         from ..models import torch_dtype
 
         self.torch = torch
-        self.seed = seed
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype)).eval()
+        self.seed, self.batch_size = seed, cfg.max_num_seqs
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype),
+                                                          attn_implementation="sdpa").eval()
         self.ranks, self.transfer = 1, None
 
     def _batch(self, token_lists: list[list[int]]):
@@ -261,7 +273,8 @@ class HFEngine(_Tokenizing):
         greedy = sampling.temperature == 0
         gen_kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
                           output_scores=True, return_dict_in_generate=True,
-                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                          cache_implementation=self.cfg.hf_cache)
         if not greedy:
             gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
                               top_k=sampling.top_k if sampling.top_k > 0 else 0)

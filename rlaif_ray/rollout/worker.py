@@ -67,6 +67,23 @@ class RolloutWorker:
     def receive_raw(self, nbytes: int, timeout_s: float) -> None:
         self.engine.receive_raw(nbytes, timeout_s)
 
+    def memory_mb(self) -> dict:
+        """Resident memory of this worker and its engine processes; GPU memory in use where there is one."""
+        import psutil
+
+        me = psutil.Process()
+        rss = sum(p.memory_info().rss for p in [me, *me.children(recursive=True)] if p.is_running())
+        out = {"rss_mb": rss / 2**20}
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info()
+                out["gpu_used_mb"] = (total - free) / 2**20
+        except Exception:  # noqa: BLE001 - a CPU build or no device: RSS only
+            pass
+        return out
+
     def get_version(self) -> int:
         return self.version
 
