@@ -6,6 +6,8 @@
 
 `ppo.advantage` picks the estimator; the loop is the same for all: gae (the critic), or critic-free
 grpo / dr_grpo / rloo (each sample against the other samples of its prompt) and reinforce_pp.
+`ppo.async_steps=1` changes only when a rollout is made: step t+1's during step t's training, from step
+t's weights (`Ahead`), importance-corrected in the loss; `ppo.dynamic_sampling` refills tied groups.
 
 The learner side (policy with its value head or beside a separate critic, the frozen reference on the
 same ranks, the experience maths and the minibatch updates) is `learner.ppo_learners.PPOLearners`.
@@ -116,18 +118,7 @@ def train(cfg: TrainPPOJob, resume: bool = False) -> list[dict]:
             t_loop = time.perf_counter()
             for step in range(start, ppo.steps):
                 t0, timer = time.perf_counter(), PhaseTimer(TIMED)
-                # The engines hold the weights of `step` (pushed at the end of the last step).
-                if ahead is not None:  # one-step-off: made during the last step, from its weights
-                    with timer("generate"):
-                        rollout = ahead.result()
-                    if ppo.dynamic_sampling:
-                        rollout = dynamic_sample(run, rollout, step, step)
-                        for k in ("generate", "score"):
-                            timer.t[k] += rollout.seconds[k] - ahead.rollout.seconds[k]
-                else:
-                    rollout = collect(run, step, step)
-                    for k in ("generate", "score"):
-                        timer.t[k] += rollout.seconds[k]
+                rollout = take_rollout(run, step, ahead, timer)
                 ahead = Ahead(run, step + 1, step, executor) if ppo.async_steps and step + 1 < ppo.steps else None
                 row = ppo_step(run, rollout, step, timer, ahead)
                 # A wall-clock budget or a stop signal ends the run after this step, checkpointed like the last.
@@ -261,13 +252,27 @@ def score(run: PPORun, step: int, records: list, refs: list, version: int, group
     return out
 
 
-def collect(run: PPORun, step: int, version: int) -> Rollout:
-    """The rollout of `step` from the engines' current weights (`version`), dynamic sampling included."""
-    records, refs = send(run, step)
-    rollout = score(run, step, records, refs, version)
+def take_rollout(run: PPORun, step: int, ahead: Ahead | None, timer) -> Rollout:
+    """The rollout step `step` trains on; the engines hold the weights of `step` (pushed at the end of
+    the step before). Synchronous: generated and scored now. One-step-off: made during the last step
+    from its weights, `generate` the wait for what is not done. Dynamic-sampling refills use the
+    current weights."""
+    if ahead is not None:
+        with timer("generate"):
+            rollout = ahead.result()
+    else:
+        records, refs = send(run, step)
+        rollout = score(run, step, records, refs, version=step)
+        for k, v in rollout.seconds.items():
+            timer.t[k] += v
     if not rollout.ids:
         raise RuntimeError(f"step {step + 1}: no samples (every prompt rejected as too long?)")
-    return dynamic_sample(run, rollout, step, version) if run.cfg.ppo.dynamic_sampling else rollout
+    if run.cfg.ppo.dynamic_sampling:
+        before = dict(rollout.seconds)
+        rollout = dynamic_sample(run, rollout, step, version=step)
+        for k, v in rollout.seconds.items():
+            timer.t[k] += v - before[k]
+    return rollout
 
 
 def dynamic_sample(run: PPORun, rollout: Rollout, step: int, version: int) -> Rollout:
