@@ -21,6 +21,7 @@ from .config import (
     TrainDPOJob,
     TrainPPOJob,
     TrainRMJob,
+    TrainSFTJob,
 )
 
 
@@ -53,6 +54,8 @@ JOBS: dict[str, Job] = {
     "label-human": Job("rlaif_ray.algos.label_human", "label pairs by hand at the terminal", LabelHumanJob),
     "generate-pairs": Job("rlaif_ray.algos.generate_pairs",
                           "sample >= 2 responses per prompt into unlabeled pairs", GeneratePairsJob),
+    "train-sft": Job("rlaif_ray.algos.train_sft",
+                     "supervised fine-tuning on prompt/completion or messages data", TrainSFTJob, resumable=True),
     "train-rm": Job("rlaif_ray.algos.train_rm",
                     "train a Bradley-Terry reward model on preferences", TrainRMJob, resumable=True),
     "train-dpo": Job("rlaif_ray.algos.train_dpo",
@@ -60,7 +63,7 @@ JOBS: dict[str, Job] = {
     "train-ppo": Job("rlaif_ray.algos.train_ppo",
                      "the RLAIF PPO loop: rollouts, rewards, updates, weight sync", TrainPPOJob, resumable=True),
     "eval": Job("rlaif_ray.algos.eval", "pairwise win rates of checkpoints with CIs and plots", EvalJob),
-    "bench": Job("benchmarks", "benchmarks: rollout, label, learner, sync"),
+    "bench": Job("benchmarks", "benchmarks: rollout, label, learner, sync, rl"),
     "demo": Job("rlaif_ray.algos.demo",
                 "the offline quickstart: generate, label, train RM/PPO/DPO, eval", DemoJob),
 }

@@ -103,7 +103,7 @@ def test_help_lists_the_jobs(capsys):
         cli.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for job in ["validate", "label", "generate-pairs", "train-rm", "train-dpo", "train-ppo", "eval", "bench", "demo"]:
+    for job in ["validate", "label", "generate-pairs", "train-sft", "train-rm", "train-dpo", "train-ppo", "eval", "bench", "demo"]:
         assert re.search(rf"^    {job}(\s|$)", out, re.MULTILINE), job
 
 

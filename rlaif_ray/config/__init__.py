@@ -12,6 +12,7 @@ from .jobs import (
     TrainDPOJob,
     TrainPPOJob,
     TrainRMJob,
+    TrainSFTJob,
 )
 from .roles import (
     FeedbackPoolConfig,
@@ -33,6 +34,6 @@ __all__ = [
     "ConfigError", "DPOStage", "DemoJob", "EvalJob", "FeedbackPoolConfig", "GeneratePairsJob", "GoldConfig",
     "JudgeConfig", "LabelHumanJob", "LabelJob", "LearnerConfig", "LoraConfig", "ModelConfig", "PPOConfig",
     "RateLimitConfig", "RayConfig", "RetryConfig", "RewardConfig", "RolloutConfig", "SamplingConfig",
-    "SyncConfig", "TrainDPOJob", "TrainPPOJob", "TrainRMJob", "apply_overrides", "describe", "from_dict",
+    "SyncConfig", "TrainDPOJob", "TrainPPOJob", "TrainRMJob", "TrainSFTJob", "apply_overrides", "describe", "from_dict",
     "load", "save", "to_dict",
 ]

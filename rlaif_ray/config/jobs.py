@@ -73,6 +73,21 @@ class GeneratePairsJob:
 
 
 @dataclass
+class TrainSFTJob:
+    data: str = field_("", "SFT data in TRL's formats: {prompt, completion} rows (text or messages) or "
+                       "conversational {messages} rows", required="an SFT data file is required (data=path.jsonl)")
+    run_dir: str = field_("runs/train-sft", "checkpoints, metrics, effective config")
+    model: ModelConfig = field_(ModelConfig(), "the model to fine-tune (LoRA with model.lora.enabled)")
+    learner: LearnerConfig = field_(LearnerConfig(lr=2e-5), "learner group (learner.max_length cuts examples)")
+    epochs: int = field_(1, "passes over the training split", ge=1)
+    val_fraction: float = field_(0.05, "held-out fraction (by record id) for the validation loss", ge=0, le=0.9)
+    packing: bool = field_(False, "pack several examples into each row of learner.max_length (best-fit "
+                           "decreasing; attention stays within each example)")
+    checkpoint_every: int = field_(0, "steps between checkpoints (0 = end of each epoch)", ge=0)
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+
+@dataclass
 class TrainRMJob:
     train: str = field_("", "preferences (AI-labeled) to train on",
                         required="a preferences file is required (train=path.jsonl)")

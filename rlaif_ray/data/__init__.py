@@ -6,6 +6,7 @@ from .io import (
     read_preferences,
     read_prompts,
     read_records,
+    read_sft,
     split_by_id,
     split_side,
     to_hf_dataset,
@@ -17,6 +18,7 @@ from .schemas import (
     PairRecord,
     PreferenceRecord,
     PromptRecord,
+    SFTRecord,
     Text,
     check_row,
     content_id,
@@ -24,6 +26,6 @@ from .schemas import (
     text_of,
 )
 
-__all__ = ["DataError", "PairRecord", "PreferenceRecord", "PromptRecord", "Text", "check_row", "content_id",
-           "detect_kind", "iter_rows", "read_pairs", "read_preferences", "read_prompts", "read_records",
+__all__ = ["DataError", "PairRecord", "PreferenceRecord", "PromptRecord", "SFTRecord", "Text", "check_row", "content_id",
+           "detect_kind", "iter_rows", "read_pairs", "read_preferences", "read_prompts", "read_records", "read_sft",
            "split_by_id", "split_side", "text_of", "to_hf_dataset", "to_trl_rows", "write_rows"]

@@ -86,6 +86,10 @@ def read_preferences(path: str | Path, limit: int | None = None) -> list[Prefere
     return read_records(path, "preferences", limit)
 
 
+def read_sft(path: str | Path, limit: int | None = None) -> list:
+    return read_records(path, "sft", limit)
+
+
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSONL or Parquet (by suffix), atomically: a reader never sees half a file."""
     path = Path(path)

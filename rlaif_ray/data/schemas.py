@@ -96,6 +96,21 @@ class PreferenceRecord:
         return row
 
 
+@dataclass
+class SFTRecord:
+    """A supervised example: prompt -> completion (each text or messages), or a whole conversation
+    (`messages`, prompt and completion None) whose assistant turns are the completion."""
+
+    prompt: Text | None = None
+    completion: Text | None = None
+    messages: list[dict[str, str]] | None = None
+    id: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.id = self.id or content_id(self.prompt, self.completion, self.messages)
+
+
 KIND_FIELDS = {
     "prompts": ("prompt",),
     "pairs": ("prompt", "response_a", "response_b"),
@@ -235,7 +250,23 @@ def _check_preference(rd: _RowReader) -> PreferenceRecord | None:
                             meta=rd.meta(("prompt", "chosen", "rejected", "id", "p_chosen")))
 
 
-_CHECKS = {"prompts": _check_prompt, "pairs": _check_pair, "preferences": _check_preference}
+def _check_sft(rd: _RowReader) -> SFTRecord | None:
+    """TRL's SFT formats: {"prompt", "completion"} (standard or conversational) or {"messages"}."""
+    rid = rd.id()
+    if "messages" in rd.row:
+        messages = rd.text("messages")
+        if isinstance(messages, str):
+            rd.fail("messages", "wrong type: expected a list of messages")
+        elif messages is not None and not any(m["role"] == "assistant" for m in messages):
+            rd.fail("messages", "no assistant turn: nothing to learn")
+        return None if rd.errors else SFTRecord(messages=messages, id=rid, meta=rd.meta(("messages", "id")))
+    prompt, completion = rd.text("prompt"), rd.text("completion")
+    if rd.errors:
+        return None
+    return SFTRecord(prompt=prompt, completion=completion, id=rid, meta=rd.meta(("prompt", "completion", "id")))
+
+
+_CHECKS = {"prompts": _check_prompt, "pairs": _check_pair, "preferences": _check_preference, "sft": _check_sft}
 
 
 def check_row(kind: str, row: dict[str, Any], file: str, n: int) -> tuple[Any, list[DataError]]:
@@ -255,4 +286,4 @@ def _parser(kind: str):
 
 
 parse_prompt, parse_pair, parse_preference = _parser("prompts"), _parser("pairs"), _parser("preferences")
-PARSERS = {"prompts": parse_prompt, "pairs": parse_pair, "preferences": parse_preference}
+PARSERS = {"prompts": parse_prompt, "pairs": parse_pair, "preferences": parse_preference, "sft": _parser("sft")}
