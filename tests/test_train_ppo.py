@@ -33,6 +33,16 @@ def _comparable(row: dict) -> dict:
                                                  or k in ("driver_overhead_fraction", "sync_max_abs_diff", "driver_rss_mb"))}
 
 
+def assert_same_rows(got_rows: list[dict], want_rows: list[dict]) -> None:
+    """A resumed run's metrics rows equal the uninterrupted run's (timings aside)."""
+    assert [r["step"] for r in got_rows] == [r["step"] for r in want_rows]
+    for got, want in zip(got_rows, want_rows, strict=True):
+        got, want = _comparable(got), _comparable(want)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (got["step"], k)
+
+
 @pytest.mark.slow
 def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, tmp_path, monkeypatch):
     rows = train_ppo.train(_cfg(tmp_path / "full"))
@@ -77,12 +87,7 @@ def test_toy_reward_rises_nan_stops_with_ids_and_resume_reproduces(ray_session, 
 
     # resume from step 3 with the good reward: steps 4-6 equal the uninterrupted run's
     resumed = train_ppo.train(_cfg(crash), resume=True)
-    assert [r["step"] for r in resumed] == [4, 5, 6]
-    for got, want in zip(resumed, rows[3:], strict=True):
-        got, want = _comparable(got), _comparable(want)
-        assert got.keys() == want.keys()
-        for k in want:
-            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (got["step"], k)
+    assert_same_rows(resumed, rows[3:])
     steps = [json.loads(line)["step"] for line in (crash / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))  # the crashed run's step-4 line was replaced, not duplicated
 
@@ -185,9 +190,4 @@ def test_one_step_off_async_rloo_with_dynamic_sampling_reproduces_and_resumes(ra
         assert got["ppo/pg_loss"] == pytest.approx(want["pg_loss"], rel=1e-4, abs=1e-6)
     assert Path(latest_checkpoint(str(crash))).name == "step-0000003"
     resumed = train_ppo.train(cfg(crash), resume=True)
-    assert [r["step"] for r in resumed] == [4, 5, 6]
-    for got, want in zip(resumed, rows[3:], strict=True):
-        got, want = _comparable(got), _comparable(want)
-        assert got.keys() == want.keys()
-        for k in want:
-            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), (got["step"], k)
+    assert_same_rows(resumed, rows[3:])

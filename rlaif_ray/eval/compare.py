@@ -36,7 +36,7 @@ def build_pairs(cfg: EvalJob, prompts, answers: dict[str, list[str | None]]):
 
 def judge(cfg: EvalJob, pairs, run_dir: Path) -> tuple[list, dict]:
     """Run the judge calls not yet stored; return Comparisons and the labeling summary."""
-    from ..feedback.labels import cost_of, orders
+    from ..feedback.labels import cost_of, n_samples, orders
     from ..feedback.run import Pending
     from .stats import Comparison
 
@@ -47,7 +47,7 @@ def judge(cfg: EvalJob, pairs, run_dir: Path) -> tuple[list, dict]:
     store, chash = pending.store, pending.chash
 
     def p_first(pid: str, order: str) -> float | None:
-        recs = [store.get(pid, chash, order, k) for k in range(jcfg.samples)]
+        recs = [store.get(pid, chash, order, k) for k in range(n_samples(jcfg))]
         if any(r is None or r["status"] != "ok" for r in recs):
             return None
         return sum(r["p_first"] for r in recs) / len(recs)
@@ -56,7 +56,7 @@ def judge(cfg: EvalJob, pairs, run_dir: Path) -> tuple[list, dict]:
     for pr, prompt_id, x, y, x_is_a in pairs:
         ab, ba = p_first(pr.id, "ab"), (p_first(pr.id, "ba") if "ba" in orders(jcfg) else None)
         comparisons.append(Comparison(prompt_id, x, y, ab if x_is_a else ba, ba if x_is_a else ab))
-    records = [store.get(pr.id, chash, t, k) for pr in unique for t in ("ab", "ba") for k in range(jcfg.samples)]
+    records = [store.get(pr.id, chash, t, k) for pr in unique for t in ("ab", "ba") for k in range(n_samples(jcfg))]
     records = [r for r in records if r is not None]
     return comparisons, {"judge": pending.judge_id, "judge_config_hash": chash, "calls": len(pending.tasks),
                          "calls_run": len(pending.todo), "failed": sum(r["status"] != "ok" for r in records),

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import JudgeConfig, RetryConfig
 from ..data import content_id
+from .constitution import task_rubric
 from .cost import cost_usd, prices_of
 from .judge_api import AnthropicJudge
 from .judges import judge_id, verdict_of_scores
@@ -73,7 +74,7 @@ class BatchLabeler:
             return [(key + [part], {"custom_id": custom_id(t, part),
                                     "params": self.judge.params(system, score_user(t.prompt, r))})
                     for part, r in enumerate((t.first, t.second))]
-        system = pair_system(self.judge.rubric, self.cfg.cot)
+        system = pair_system(task_rubric(self.judge.rubric, self.cfg, t), self.cfg.cot)
         return [(key, {"custom_id": custom_id(t), "params": self.judge.params(system, pair_user(t.prompt, t.first,
                                                                                                t.second))})]
 

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from ..config import JudgeConfig, RetryConfig
+from .constitution import task_rubric
 from .cost import cost_usd, prices_of
 from .judges import Judge
 from .parsing import (
@@ -130,7 +131,8 @@ class _APIJudge(Judge):
         return value, fields, attempts
 
     async def judge(self, task: Task) -> Verdict:
-        system, user = pair_system(self.rubric, self.cfg.cot), pair_user(task.prompt, task.first, task.second)
+        system = pair_system(task_rubric(self.rubric, self.cfg, task), self.cfg.cot)
+        user = pair_user(task.prompt, task.first, task.second)
         value, fields, attempts = await self._ask(system, user, VERDICTS, pair_answer(self.cfg.cot), self._p_first)
         return Verdict(value, attempts=attempts, **fields)
 

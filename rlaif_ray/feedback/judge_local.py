@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from ..config import JudgeConfig, ModelConfig, RolloutConfig
+from .constitution import task_rubric
 from .judges import Judge
 from .prompts import pair_system, pair_user, score_system, score_user
 from .retry import describe
@@ -56,7 +57,7 @@ class LocalJudge(Judge):
         return build_engine(self.model_path(), rollout, seed=0, dtype="fp32")
 
     def pair_messages(self, task: Task) -> list[dict[str, str]]:
-        return [{"role": "system", "content": pair_system(self.rubric, False)},
+        return [{"role": "system", "content": pair_system(task_rubric(self.rubric, self.cfg, task), False)},
                 {"role": "user", "content": pair_user(task.prompt, task.first, task.second)}]
 
     def score_messages(self, prompt: Any, response: Any) -> list[dict[str, str]]:

@@ -38,6 +38,11 @@ def config_hash(cfg: JudgeConfig) -> str:
               if k in _ANSWER_FIELDS or (k in _LATER_ANSWER_FIELDS and v != _LATER_ANSWER_FIELDS[k])}
     fields["kind"] = "anthropic" if cfg.kind == "anthropic-batch" else cfg.kind
     fields["rubric"] = load_rubric(cfg.rubric)
+    if cfg.constitution:  # its text, not its path: an edited constitution is another judge
+        from .constitution import file_text
+
+        fields["constitution"] = file_text(cfg.constitution)
+        fields["principles_per_pair"] = cfg.principles_per_pair
     if fields["max_tokens"] is None:  # the default was 16: a bigger budget only completes answers 16 cut off,
         fields["max_tokens"] = 16     # so a store labeled then keeps its hash and its ok labels
 

@@ -23,14 +23,28 @@ def orders(cfg: JudgeConfig) -> tuple[str, ...]:
     return ORDERS_BOTH if cfg.both_orders and cfg.protocol == "pairwise" else ("ab",)
 
 
+def n_samples(cfg: JudgeConfig) -> int:
+    """Calls per order of one pair: `samples`, times `principles_per_pair` under a constitution."""
+    return cfg.samples * (cfg.principles_per_pair if cfg.constitution else 1)
+
+
+def principle_of(cfg: JudgeConfig, pair_id: str, sample: int) -> str | None:
+    """Under a constitution, sample k of a pair judges by its (k // samples)-th drawn principle."""
+    if not cfg.constitution:
+        return None
+    from .constitution import load_constitution, principles_for
+
+    return principles_for(pair_id, load_constitution(cfg.constitution), cfg.principles_per_pair)[sample // cfg.samples]
+
+
 def tasks_for(pairs: list[PairRecord], cfg: JudgeConfig) -> list[Task]:
     """Every judge call the pairs need, interleaved by pair so a partial run finishes whole pairs."""
     out = []
     for p in pairs:
         for order in orders(cfg):
             first, second = (p.response_a, p.response_b) if order == "ab" else (p.response_b, p.response_a)
-            for k in range(cfg.samples):
-                out.append(Task(p.id, p.prompt, first, second, order, k))
+            for k in range(n_samples(cfg)):
+                out.append(Task(p.id, p.prompt, first, second, order, k, principle_of(cfg, p.id, k)))
     return out
 
 
@@ -51,7 +65,7 @@ def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, co
     prefs, extras, unlabeled, failed = [], [], [], []
     consistent, first_picks = [], []
     for p in pairs:
-        recs = {o: [store.get(p.id, config_hash, o, k) for k in range(cfg.samples)] for o in orders(cfg)}
+        recs = {o: [store.get(p.id, config_hash, o, k) for k in range(n_samples(cfg))] for o in orders(cfg)}
         flat = [r for rs in recs.values() for r in rs]
         if any(r is None or r["status"] != "ok" for r in flat):
             unlabeled.append(p.id)
@@ -76,6 +90,8 @@ def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, co
         if cfg.protocol == "pointwise":  # the ab order's scores: first = a
             extra.update(scale=cfg.scale, score_a=mean(r["scores"][0] for r in flat),
                          score_b=mean(r["scores"][1] for r in flat))
+        if cfg.constitution:  # RL-CAI: the principles this label averages, in draw order
+            extra["principles"] = list(dict.fromkeys(principle_of(cfg, p.id, k) for k in range(n_samples(cfg))))
         for o, rs in recs.items():
             extra[f"p_a_{o}"] = by_order[o]
             extra[f"verdict_{o}"] = [r["raw"] for r in rs]

@@ -26,7 +26,7 @@ Key = tuple[str, str, str, int]  # pair id, config hash, order, sample
 def record_of(task: Task, verdict: Verdict, config_hash: str, judge_id: str, writer: str) -> dict[str, Any]:
     v = verdict.to_dict()
     return {"pair_id": task.pair_id, "config_hash": config_hash, "order": task.order, "sample": task.sample,
-            "status": "ok" if verdict.ok else "failed", "judge": judge_id, "writer": writer, "t": time.time(), **v}
+            **({"principle": task.principle} if task.principle else {}), "status": "ok" if verdict.ok else "failed", "judge": judge_id, "writer": writer, "t": time.time(), **v}
 
 
 def key_of(record: dict[str, Any]) -> Key:

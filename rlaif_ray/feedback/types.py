@@ -31,6 +31,7 @@ class Task:
     second: Any
     order: str = "ab"
     sample: int = 0
+    principle: str | None = None  # judge.constitution: the principle this call judges by
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -107,7 +107,7 @@ class PairwiseJudgeReward:
 
     def __call__(self, prompts: list, responses: list, groups: list[int] | None = None) -> list[float]:
         from ..data import PairRecord
-        from ..feedback.labels import orders, p_a_of, tasks_for
+        from ..feedback.labels import n_samples, orders, p_a_of, tasks_for
 
         pairs = {}  # (i, j) -> the stored pair, its response_a the smaller text so its id fixes the orientation
         for i, j in self._pairs(groups if groups is not None else [0] * len(responses)):
@@ -127,7 +127,7 @@ class PairwiseJudgeReward:
                 p_i = 0.5
             else:
                 recs = [self.store.get(pair.id, self.chash, o, k) for o in orders(self.judge)
-                        for k in range(self.judge.samples)]
+                        for k in range(n_samples(self.judge))]
                 ps = [p_a_of(r["order"], r["p_first"]) for r in recs if r is not None and r["status"] == "ok"]
                 if not ps:
                     continue  # a failed comparison says nothing about either sample
