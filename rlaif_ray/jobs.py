@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from .config import (
+    CritiqueReviseJob,
     DemoJob,
     EvalJob,
     GeneratePairsJob,
@@ -54,6 +55,9 @@ JOBS: dict[str, Job] = {
     "label-human": Job("rlaif_ray.algos.label_human", "label pairs by hand at the terminal", LabelHumanJob),
     "generate-pairs": Job("rlaif_ray.algos.generate_pairs",
                           "sample >= 2 responses per prompt into unlabeled pairs", GeneratePairsJob),
+    "critique-revise": Job("rlaif_ray.algos.critique_revise",
+                           "Constitutional AI: the policy answers, the critic critiques and revises; SFT data "
+                           "and preference pairs", CritiqueReviseJob),
     "train-sft": Job("rlaif_ray.algos.train_sft",
                      "supervised fine-tuning on prompt/completion or messages data", TrainSFTJob, resumable=True),
     "train-rm": Job("rlaif_ray.algos.train_rm",

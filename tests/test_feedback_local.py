@@ -11,6 +11,7 @@ import torch
 from rlaif_ray.config import JudgeConfig
 from rlaif_ray.feedback import Task
 from rlaif_ray.feedback.judge_local import LocalJudge
+from rlaif_ray.feedback.types import WriteTask
 
 TASKS = [Task(f"p{i}", f"Question {i}: name a colour.", f"Blue, number {i}.", f"I like trains {i}.") for i in range(3)]
 
@@ -30,9 +31,11 @@ def _check(backend, tiny_model_dir):
     async def go():
         v = await judge.judge_many(TASKS)
         s = await judge.score_many([("Question?", "Answer.")])
-        return v, s
+        w = await judge.write_many([WriteTask(f"w{i}", "You revise answers.", f"Revise: answer {i}.", "revision",
+                                              max_tokens=4 + 2 * (i % 2)) for i in range(3)])
+        return v, s, w
 
-    verdicts, scores = asyncio.run(go())
+    verdicts, scores, writings = asyncio.run(go())
     engine = judge.engine
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
     a_id, b_id = engine.candidate_ids(["A", "B"])
@@ -41,6 +44,9 @@ def _check(backend, tiny_model_dir):
         ids = engine.prepare([judge.pair_messages(task)], 1)[0][0]
         assert v.p_first == pytest.approx(_hf_p_first(model, ids, a_id, b_id), abs=1e-3)
     assert 1.0 <= scores[0].score <= 9.0
+    for i, w in enumerate(writings):  # free text sampled within each call's own budget
+        assert w.ok or w.error == "empty answer"
+        assert len(engine.tokenizer(w.raw, add_special_tokens=False).input_ids) <= 4 + 2 * (i % 2) + 1
     asyncio.run(judge.close())
 
 

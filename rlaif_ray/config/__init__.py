@@ -1,6 +1,7 @@
 """Typed configs: `schema` holds the machinery, `roles` the actor roles, `jobs` one dataclass per job."""
 
 from .jobs import (
+    CritiqueReviseJob,
     DemoJob,
     DPOStage,
     EvalJob,
@@ -31,7 +32,7 @@ from .roles import (
 from .schema import ConfigError, apply_overrides, describe, from_dict, load, save, to_dict
 
 __all__ = [
-    "ConfigError", "DPOStage", "DemoJob", "EvalJob", "FeedbackPoolConfig", "GeneratePairsJob", "GoldConfig",
+    "ConfigError", "CritiqueReviseJob", "DPOStage", "DemoJob", "EvalJob", "FeedbackPoolConfig", "GeneratePairsJob", "GoldConfig",
     "JudgeConfig", "LabelHumanJob", "LabelJob", "LearnerConfig", "LoraConfig", "ModelConfig", "PPOConfig",
     "RateLimitConfig", "RayConfig", "RetryConfig", "RewardConfig", "RolloutConfig", "SamplingConfig",
     "SyncConfig", "TrainDPOJob", "TrainPPOJob", "TrainRMJob", "TrainSFTJob", "apply_overrides", "describe", "from_dict",

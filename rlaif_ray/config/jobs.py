@@ -73,6 +73,46 @@ class GeneratePairsJob:
 
 
 @dataclass
+class CritiqueReviseJob:
+    prompts: str = field_("", "prompts file (JSONL/Parquet with a `prompt` field)", required=PROMPTS_REQUIRED)
+    run_dir: str = field_("runs/critique-revise", "the policy's answers, the store of critiques and revisions, "
+                          "outputs, summary")
+    output: str = field_("", "SFT data to write, prompt -> final revision (default: <run_dir>/sft.jsonl)")
+    preferences: bool = field_(True, "also write <run_dir>/preferences.jsonl: final revision chosen over the "
+                               "policy's original answer")
+    max_prompts: int | None = field_(None, "use at most this many prompts", ge=1)
+    policy: ModelConfig = field_(ModelConfig(), "the policy that answers each prompt (rollout workers)")
+    instructions: list[str] = field_([], "optional: one of these appended (cycled) to each prompt the policy "
+                                     "answers, to elicit answers worth revising (red-teaming); the critic and the "
+                                     "output rows see the plain prompt, the row records the instruction")
+    rollout: RolloutConfig = field_(RolloutConfig(), "rollout workers")
+    sampling: SamplingConfig = field_(SamplingConfig(temperature=0.7), "the policy's sampling (n is 1)")
+    constitution: str = field_("default", "constitution YAML (id, critique, revision per principle); 'default' = "
+                               "the shipped sample")
+    rounds: int = field_(1, "critique -> revision rounds; round r critiques round r-1's revision", ge=1)
+    seed: int = field_(0, "seed of the principle drawn per prompt and round", ge=0)
+    critic: FeedbackPoolConfig = field_(FeedbackPoolConfig(judge=JudgeConfig(temperature=0.0)),
+                                        "the pool whose judge writes critiques and revisions (anthropic, openai "
+                                        "or local); its store is <run_dir>/labels")
+    critique_tokens: int = field_(192, "answer budget of one critique", ge=8)
+    revision_tokens: int = field_(256, "answer budget of one revision", ge=8)
+    ray: RayConfig = field_(RayConfig(), "Ray cluster")
+
+    def validate(self) -> None:
+        if self.sampling.n != 1:
+            raise ConfigError(f"sampling.n: the policy answers each prompt once (got {self.sampling.n})")
+        if self.critic.judge.kind in ("function", "anthropic-batch"):
+            raise ConfigError(f"critic.judge.kind: {self.critic.judge.kind!r} cannot write critiques here; use "
+                              "anthropic, openai or local")
+        from ..feedback.constitution import load_constitution
+
+        try:
+            load_constitution(self.constitution)
+        except ValueError as e:
+            raise ConfigError(f"constitution: {e}") from None
+
+
+@dataclass
 class TrainSFTJob:
     data: str = field_("", "SFT data in TRL's formats: {prompt, completion} rows (text or messages) or "
                        "conversational {messages} rows", required="an SFT data file is required (data=path.jsonl)")

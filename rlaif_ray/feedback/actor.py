@@ -13,7 +13,7 @@ from ..config import FeedbackPoolConfig
 from .judges import judge_id, make_judge
 from .ratelimit import RateLimiter, SharedLimiter
 from .store import GroupCommitWriter, InflightTally, ShardWriter, record_of
-from .types import Task, Usage
+from .types import Task, Usage, WriteTask
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
 
@@ -74,12 +74,16 @@ class FeedbackActor:
         """Start no new call; calls in flight finish and are stored (graceful stop of the driver)."""
         self.stopping = True
 
-    async def label(self, tasks: list[Task]) -> dict[str, Any]:
-        """Judge and store every task; returns counts, tokens and dollars of this shard."""
+    async def label(self, tasks: list[Task] | list[WriteTask]) -> dict[str, Any]:
+        """Judge (a Task) or write (a WriteTask: critique-revise) and store every task of the shard; returns
+        counts, tokens and dollars of this shard."""
         await self._ready()
         summary = {"ok": 0, "failed": 0, "skipped": 0, "usage": Usage(), "cost_usd": 0.0, "estimated_usd": 0.0,
                    "attempts": 0, "reasks": 0}
         jid = judge_id(self.cfg.judge)
+        writes = bool(tasks) and isinstance(tasks[0], WriteTask)
+        answer, answer_many = ((self.judge.write, self.judge.write_many) if writes else
+                               (self.judge.judge, self.judge.judge_many))
 
         async def store(task, verdict):
             await self.writer.put(record_of(task, verdict, self.config_hash, jid, self.writer.writer.name))
@@ -93,13 +97,13 @@ class FeedbackActor:
                 if self.stopping:
                     summary["skipped"] += 1
                     return
-                await store(task, await self.judge.judge(task))
+                await store(task, await answer(task))
 
         if self.judge.batched:  # local engine: the shard through one engine call
             if self.stopping:
                 summary["skipped"] += len(tasks)
             else:
-                for task, verdict in zip(tasks, await self.judge.judge_many(tasks), strict=True):
+                for task, verdict in zip(tasks, await answer_many(tasks), strict=True):
                     await store(task, verdict)
         else:
             await asyncio.gather(*(one(t) for t in tasks))

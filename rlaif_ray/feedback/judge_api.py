@@ -25,11 +25,20 @@ from .parsing import (
     score_from_logprobs,
     yes_no_from_logprobs,
 )
-from .prompts import pair_answer, pair_system, pair_user, reask_user, score_answer, score_system, score_user
+from .prompts import (
+    WRITE_ANSWER,
+    pair_answer,
+    pair_system,
+    pair_user,
+    reask_user,
+    score_answer,
+    score_system,
+    score_user,
+)
 from .ratelimit import RateLimiter
 from .retry import GaveUp, with_retry
 from .rubrics import load_rubric
-from .types import ScoreResult, Task, Usage, Verdict
+from .types import ScoreResult, Task, Usage, Verdict, WriteTask, Writing
 
 COT_MIN_TOKENS = 512
 DEFAULT_MAX_TOKENS = 64  # room for a short sentence before "Verdict: A"; only generated tokens are billed
@@ -80,7 +89,8 @@ class _APIJudge(Judge):
             parsed = raw.parse()  # the async SDKs return a coroutine; a malformed body raises here (retried)
             return await parsed if inspect.isawaitable(parsed) else parsed
 
-        acquire = None if self.limiter is None else lambda: self.limiter.acquire(est_input, self.max_tokens)
+        out = params.get("max_tokens", self.max_tokens)
+        acquire = None if self.limiter is None else lambda: self.limiter.acquire(est_input, out)
         return await with_retry(send, self.retry, acquire, self.limiter, tally=self.tally)
 
     def _lost_usage(self, system: str, user: str, n: int) -> Usage:
@@ -95,16 +105,18 @@ class _APIJudge(Judge):
         self._cache_written = True
         return Usage(input=n * user_t, output=n * out, cache_write=writes * sys_t, cache_read=(n - writes) * sys_t)
 
-    async def _ask(self, system: str, user: str, answers: tuple[str, ...], answer_line: str, read):
+    async def _ask(self, system: str, user: str, answers: tuple[str, ...], answer_line: str, read,
+                   max_tokens: int | None = None):
         """Ask, and re-ask with a stricter format reminder (up to `reask` times) while the answer holds no
-        verdict. Returns (value or None, the JudgeOutput fields, attempts): cost covers every billed call."""
+        verdict (`answers` empty: free text, any non-empty answer). Returns (value or None, the JudgeOutput
+        fields, attempts): cost covers every billed call."""
         usage, lost_usage, attempts, reasks = Usage(), Usage(), 0, 0
         value, text, error = None, "", None
         for k in range(self.cfg.reask + 1):
             asked = user if k == 0 else reask_user(user, answer_line)
             reasks += k > 0
             try:
-                response, n, lost = await self._request(system, asked, answers)
+                response, n, lost = await self._request(system, asked, answers, max_tokens or self.max_tokens)
             except GaveUp as e:
                 attempts += e.attempts
                 lost_usage.add(self._lost_usage(system, asked, e.lost))
@@ -143,6 +155,12 @@ class _APIJudge(Judge):
                                                   score_answer(self.cfg.cot, scale), self._score)
         return ScoreResult(value, scale=scale, attempts=attempts, **fields)
 
+    async def write(self, task: WriteTask) -> Writing:
+        value, fields, attempts = await self._ask(task.system, task.user, (), WRITE_ANSWER, _written,
+                                                  task.max_tokens)
+        fields["rationale"] = None  # free text is all answer
+        return Writing(value, attempts=attempts, **fields)
+
 
 class AnthropicJudge(_APIJudge):
     """Claude: rubric in a cached system block, pair in the user turn; verdict parsed from text (no
@@ -159,18 +177,18 @@ class AnthropicJudge(_APIJudge):
         self.client = anthropic.AsyncAnthropic(api_key=key, base_url=cfg.base_url, max_retries=0,
                                                timeout=retry.timeout_s + 5, http_client=_aiohttp_client(anthropic))
 
-    def params(self, system: str, user: str) -> dict:
+    def params(self, system: str, user: str, max_tokens: int | None = None) -> dict:
         block: dict[str, Any] = {"type": "text", "text": system}
         if self.cfg.prompt_caching:
             block["cache_control"] = {"type": "ephemeral"}
-        body = {"model": self.cfg.model, "max_tokens": self.max_tokens, "system": [block],
+        body = {"model": self.cfg.model, "max_tokens": max_tokens or self.max_tokens, "system": [block],
                 "messages": [{"role": "user", "content": user}]}
         if self.cfg.temperature > 0:  # newer Claude models reject sampling knobs: send only when asked for
             body["temperature"] = self.cfg.temperature
         return body
 
-    async def _request(self, system: str, user: str, _answers: tuple[str, ...]):
-        params = self.params(system, user)
+    async def _request(self, system: str, user: str, _answers: tuple[str, ...], max_tokens: int):
+        params = self.params(system, user, max_tokens)
         if "temperature" in params:  # the 2.x SDK has no temperature argument; the HTTP API may accept it
             params["extra_body"] = {"temperature": params.pop("temperature")}
         return await self._call(self.client.messages.with_raw_response.create, params,
@@ -214,10 +232,13 @@ class OpenAIJudge(_APIJudge):
         self.answer_format = "none" if cfg.cot else None if cfg.constrain == "auto" else cfg.constrain
         self._probing: asyncio.Lock | None = None
 
-    def _params(self, system: str, user: str, answers: tuple[str, ...], fmt: str) -> dict:
-        params = {"model": self.cfg.model, "max_tokens": self.max_tokens, "temperature": self.cfg.temperature,
-                  "logprobs": True, "top_logprobs": 20,
+    def _params(self, system: str, user: str, answers: tuple[str, ...], fmt: str, max_tokens: int | None = None) -> dict:
+        params = {"model": self.cfg.model, "max_tokens": max_tokens or self.max_tokens,
+                  "temperature": self.cfg.temperature,
                   "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        if not answers:  # free text: no verdict position to read, nothing to constrain
+            return params
+        params.update(logprobs=True, top_logprobs=20)
         if fmt == "choice":  # vLLM's structured outputs
             params["extra_body"] = {"structured_outputs": {"choice": list(answers)}}
         elif fmt == "json_schema":
@@ -225,17 +246,21 @@ class OpenAIJudge(_APIJudge):
                       "required": ["answer"], "additionalProperties": False}
             params["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "answer", "strict": True, "schema": schema}}
-            params["max_tokens"] = max(self.max_tokens, 16)  # {"answer": "A"}
+            params["max_tokens"] = max(params["max_tokens"], 16)  # {"answer": "A"}
         return params
 
-    async def _request(self, system: str, user: str, answers: tuple[str, ...]):
+    async def _request(self, system: str, user: str, answers: tuple[str, ...], max_tokens: int):
+        if not answers:
+            return await self._call(self.client.chat.completions.with_raw_response.create,
+                                    self._params(system, user, (), "none", max_tokens), estimate_tokens(system, user))
         if self.answer_format is None:
             self._probing = self._probing or asyncio.Lock()
             async with self._probing:  # the first calls of an actor wait for one probe
                 if self.answer_format is None:
                     self.answer_format = await self._probe()
         return await self._call(self.client.chat.completions.with_raw_response.create,
-                                self._params(system, user, answers, self.answer_format), estimate_tokens(system, user))
+                                self._params(system, user, answers, self.answer_format, max_tokens),
+                                estimate_tokens(system, user))
 
     async def _probe(self) -> str:
         """The most specific constraint this server obeys: a request that would not answer a letter
@@ -309,6 +334,13 @@ class OpenAIJudge(_APIJudge):
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _written(_response, text: str) -> str:
+    """A free-text answer: any non-empty text (an empty one is re-asked)."""
+    if not text.strip():
+        raise ParseError("empty answer")
+    return text.strip()
 
 
 def _answer_of(text: str, fmt: str | None) -> str:

@@ -1,7 +1,8 @@
 """Local judge inside a pool actor: a vLLM engine (transformers fallback) reads the next-token
 probabilities of "A"/"B" after the judge prompt (no HTTP, no sampling): P(first) = p(A) / (p(A) + p(B)).
 Pointwise scores are the expected value over the digit tokens 1-9 (scale "ten") or logp(Yes) - logp(No)
-(scale "yes_no")."""
+(scale "yes_no"). Free text (critiques, revisions) is sampled at the judge's temperature (seeded), a batch per
+answer budget."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .judges import Judge
 from .prompts import pair_system, pair_user, score_system, score_user
 from .retry import describe
 from .rubrics import load_rubric
-from .types import ScoreResult, Task, Verdict
+from .types import ScoreResult, Task, Verdict, WriteTask, Writing
 
 DIGITS = [str(d) for d in range(1, 10)]
 YES_NO = ["Yes", "No"]
@@ -67,15 +68,43 @@ class LocalJudge(Judge):
     async def _on_engine_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def _logprobs(self, prompts: list, candidates: list[str]) -> list[dict[str, float]]:
+    async def _batched(self, method: str, prompts: list, *args) -> list:
+        """`engine.<method>(prompts[i:i + local_batch_size], *args)` over every batch, on the engine thread."""
         async with self._lock:  # one engine, one call at a time
             if self.engine is None:
                 self.engine = await self._on_engine_thread(self._build)
-            out: list[dict[str, float]] = []
+            out: list = []
             step = self.cfg.local_batch_size
             for i in range(0, len(prompts), step):
-                out += await self._on_engine_thread(self.engine.next_token_logprobs, prompts[i:i + step], candidates)
+                out += await self._on_engine_thread(getattr(self.engine, method), prompts[i:i + step], *args)
             return out
+
+    async def _logprobs(self, prompts: list, candidates: list[str]) -> list[dict[str, float]]:
+        return await self._batched("next_token_logprobs", prompts, candidates)
+
+    async def write_many(self, tasks: list[WriteTask]) -> list[Writing]:
+        from ..config import SamplingConfig
+
+        out: list[Writing | None] = [None] * len(tasks)
+        for budget in sorted({t.max_tokens for t in tasks}):  # one engine call per answer budget
+            idx = [i for i, t in enumerate(tasks) if t.max_tokens == budget]
+            sampling = SamplingConfig(n=1, temperature=self.cfg.temperature, max_new_tokens=budget, seed=0)
+            prompts = [[{"role": "system", "content": tasks[i].system}, {"role": "user", "content": tasks[i].user}]
+                       for i in idx]
+            try:
+                samples = await self._batched("generate", prompts, sampling)
+            except Exception as e:  # noqa: BLE001 - an engine failure fails these calls, not the actor
+                samples, error = [[] for _ in idx], describe(e)
+            else:
+                error = "the prompt does not fit judge.local_max_model_len"
+            for i, got in zip(idx, samples, strict=True):
+                text = got[0].text.strip() if got else ""
+                out[i] = Writing(text or None, raw=got[0].text if got else "",
+                                 error=None if text else error if not got else "empty answer")
+        return out  # type: ignore[return-value]
+
+    async def write(self, task: WriteTask) -> Writing:
+        return (await self.write_many([task]))[0]
 
     async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
         try:

@@ -7,6 +7,7 @@ verdicts come from scoring each response alone.
     verdict = await judge.judge(Task(pair_id, prompt, first, second, order="ab"))
     result = await judge.score(prompt, response)          # result.score in [1, 10] or None
     verdicts = await judge.judge_many(tasks)              # local judges batch these
+    writing = await judge.write(WriteTask(...))           # free text (critiques, revisions): API and local
 A judge never raises for a failed call: the Verdict/ScoreResult carries `error` and a None value.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from ..config import JudgeConfig, RetryConfig
 from .ratelimit import RateLimiter
-from .types import ScoreResult, Task, Usage, Verdict
+from .types import ScoreResult, Task, Usage, Verdict, WriteTask, Writing
 
 # Fields that change what a judge answers; the rest (prices, poll intervals, batching) do not.
 _ANSWER_FIELDS = ("model", "function", "score_function", "rubric", "cot", "temperature", "max_tokens")
@@ -49,6 +50,14 @@ def config_hash(cfg: JudgeConfig) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def writer_hash(cfg: JudgeConfig) -> str:
+    """Store key of a judge's free-text answers (critique-revise): only the model and its sampling shape
+    them; the request itself (prompts, max_tokens) is in each WriteTask's id."""
+    fields = {"kind": "anthropic" if cfg.kind == "anthropic-batch" else cfg.kind, "model": cfg.model,
+              "temperature": cfg.temperature, "writes": True}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def judge_id(cfg: JudgeConfig) -> str:
     if cfg.kind == "function":
         return f"function:{cfg.function or cfg.score_function}"
@@ -71,11 +80,17 @@ class Judge:
     async def score(self, prompt: Any, response: Any) -> ScoreResult:
         raise NotImplementedError
 
+    async def write(self, task: WriteTask) -> Writing:
+        return Writing(None, error=f"judge kind {self.cfg.kind!r} cannot write text (use anthropic, openai or local)")
+
     async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
         return list(await asyncio.gather(*(self.judge(t) for t in tasks)))
 
     async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
         return list(await asyncio.gather(*(self.score(p, r) for p, r in items)))
+
+    async def write_many(self, tasks: list[WriteTask]) -> list[Writing]:
+        return list(await asyncio.gather(*(self.write(t) for t in tasks)))
 
     async def close(self) -> None:
         return None
@@ -96,6 +111,12 @@ class _Wrapper(Judge):
 
     async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
         return await self.inner.score_many(items)
+
+    async def write(self, task: WriteTask) -> Writing:
+        return await self.inner.write(task)
+
+    async def write_many(self, tasks: list[WriteTask]) -> list[Writing]:
+        return await self.inner.write_many(tasks)
 
     async def close(self) -> None:
         await self.inner.close()

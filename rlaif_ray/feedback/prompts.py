@@ -28,6 +28,13 @@ YES_NO_ANSWER_COT = ("\nFirst explain your reasoning briefly inside <rationale><
                      "last line, write 'Answer: Yes' or 'Answer: No'.")
 
 
+WRITE_ANSWER = "\nWrite your answer as plain text, with nothing before or after it."
+
+CRITIC_SYSTEM = ("You review an AI assistant's answers against the principles of a constitution and improve them. "
+                 "You will see a conversation prompt, the assistant's <response>, and a request: a critique "
+                 "request (write a short critique of the response under that principle) or a revision request "
+                 "(rewrite the response as asked, taking the critique into account)." + WRITE_ANSWER)
+
 REASK = "\n\nYour previous reply to this held no clear answer; reply again in the required format."
 
 
@@ -63,3 +70,14 @@ def pair_user(prompt: Any, first: Any, second: Any) -> str:
 def score_user(prompt: Any, response: Any, scale: str = "ten") -> str:
     ask = "Does the response meet the criteria? Answer Yes or No." if scale == "yes_no" else "Score:"
     return f"<prompt>\n{text_of(prompt)}\n</prompt>\n\n<response>\n{text_of(response)}\n</response>\n\n{ask}"
+
+
+def critique_user(prompt: Any, response: Any, request: str) -> str:
+    return (f"<prompt>\n{text_of(prompt)}\n</prompt>\n\n<response>\n{text_of(response)}\n</response>\n\n"
+            f"<critique_request>\n{request}\n</critique_request>\n\nCritique:")
+
+
+def revision_user(prompt: Any, response: Any, critique: str, request: str) -> str:
+    return (f"<prompt>\n{text_of(prompt)}\n</prompt>\n\n<response>\n{text_of(response)}\n</response>\n\n"
+            f"<critique>\n{critique}\n</critique>\n\n<revision_request>\n{request}\n</revision_request>\n\n"
+            "Write only the revised response.")

@@ -1,6 +1,7 @@
 """Judge the calls a label store does not hold yet: the one path `label` and `eval` share.
 
     pending = Pending(pool_cfg.judge, run_dir, pairs)       # every call the pairs need, and those not stored
+    pending = Pending(judge, run_dir, tasks=write_tasks, chash=writer_hash(judge))  # or any calls
     summary = pending.run(pool_cfg, ray_cfg, interruptible=True)   # the Message Batches API or a FeedbackPool
     pending.store, pending.new_records(), pending.interrupted, pending.nodes
 
@@ -67,44 +68,50 @@ class SpendBudget:
 
 
 class Pending:
-    def __init__(self, judge: JudgeConfig, run_dir: str, pairs: list):
+    def __init__(self, judge: JudgeConfig, run_dir: str, pairs: list | None = None, tasks: list | None = None,
+                 chash: str | None = None):
         self.judge, self.run_dir = judge, run_dir
-        self.chash, self.judge_id = config_hash(judge), judge_id(judge)
+        self.chash, self.judge_id = chash or config_hash(judge), judge_id(judge)
         self.store = LabelStore(run_dir)
         self.store.refresh()
-        self.tasks = tasks_for(pairs, judge)
+        self.tasks = tasks if tasks is not None else tasks_for(pairs or [], judge)
         self.todo = [t for t in self.tasks if not self.store.done(t.pair_id, self.chash, t.order, t.sample)]
         self._before = {(key_of(r), r["t"]) for r in self.store.records(self.chash)}
         self.interrupted, self.nodes = False, []
-        log.info("%d pairs, %d judge calls, %d already stored, %d to run (judge %s, config %s)", len(pairs),
-                 len(self.tasks), len(self.tasks) - len(self.todo), len(self.todo), self.judge_id, self.chash)
+        log.info("%d judge calls, %d already stored, %d to run (judge %s, config %s)", len(self.tasks),
+                 len(self.tasks) - len(self.todo), len(self.todo), self.judge_id, self.chash)
 
     def run(self, pool_cfg: FeedbackPoolConfig, ray_cfg: RayConfig, interruptible: bool = False,
-            desc: str = "labeling") -> dict[str, Any]:
-        """Run the calls not stored; the pool's (or the batches') summary. The store is refreshed after."""
+            desc: str = "labeling", pool=None) -> dict[str, Any]:
+        """Run the calls not stored; the pool's (or the batches') summary. The store is refreshed after.
+        `pool`: a FeedbackPool (built with this config hash) to run on and leave running; else one is
+        started for this run and shut down after it."""
         if not self.todo:
             return {}
         if pool_cfg.max_cost_usd is not None and self.judge.kind == "anthropic-batch":
             raise ValueError("pool.max_cost_usd: not supported with pool.judge.kind=anthropic-batch yet (a batch "
                              "is priced only when it ends); use kind=anthropic or leave it unset")
-        progress = Progress(len(self.todo), self.store, self.chash, len(self.tasks) - len(self.todo), desc)
+        already = int(self.store.totals.get(self.chash, {}).get("ok", 0))  # any calls of this config, these or others
+        progress = Progress(len(self.todo), self.store, self.chash, already, desc)
         try:
             if self.judge.kind == "anthropic-batch":
                 from .batch import run_batches
 
                 return run_batches(self.judge, pool_cfg.retry, self.run_dir, self.chash, self.store, self.todo,
                                    progress)
-            return self._run_pool(pool_cfg, ray_cfg, interruptible, progress)
+            return self._run_pool(pool_cfg, ray_cfg, interruptible, progress, pool)
         finally:
             progress.close()
             self.store.refresh()
 
-    def _run_pool(self, pool_cfg, ray_cfg, interruptible: bool, progress) -> dict[str, Any]:
+    def _run_pool(self, pool_cfg, ray_cfg, interruptible: bool, progress, pool=None) -> dict[str, Any]:
         from ..cluster import init_ray
         from .pool import FeedbackPool
 
-        init_ray(ray_cfg, shared={"run_dir": self.run_dir})
-        pool = FeedbackPool(pool_cfg, ray_cfg, self.run_dir, self.chash)
+        owned = pool is None
+        if owned:
+            init_ray(ray_cfg, shared={"run_dir": self.run_dir})
+            pool = FeedbackPool(pool_cfg, ray_cfg, self.run_dir, self.chash)
         self.nodes = pool.nodes()
 
         stop = StopSignal((signal.SIGTERM, signal.SIGINT), pool.drain, "finishing calls in flight, then exiting")
@@ -119,7 +126,8 @@ class Pending:
                 finally:
                     self.interrupted = stop.requested
         finally:
-            pool.shutdown()
+            if owned:
+                pool.shutdown()
 
     def new_records(self) -> list[dict]:
         """The verdicts stored since this object listed the store."""

@@ -18,12 +18,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .types import Task, Verdict
+from .types import Task, Verdict, WriteTask, Writing
 
 Key = tuple[str, str, str, int]  # pair id, config hash, order, sample
 
 
-def record_of(task: Task, verdict: Verdict, config_hash: str, judge_id: str, writer: str) -> dict[str, Any]:
+def record_of(task: Task | WriteTask, verdict: Verdict | Writing, config_hash: str, judge_id: str, writer: str) -> dict[str, Any]:
     v = verdict.to_dict()
     return {"pair_id": task.pair_id, "config_hash": config_hash, "order": task.order, "sample": task.sample,
             **({"principle": task.principle} if task.principle else {}), "status": "ok" if verdict.ok else "failed", "judge": judge_id, "writer": writer, "t": time.time(), **v}

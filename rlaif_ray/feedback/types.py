@@ -38,6 +38,25 @@ class Task:
         return (self.pair_id, self.order, self.sample)
 
 
+@dataclass
+class WriteTask:
+    """One free-form writing call (critique-revise: a critique or a revision). `pair_id` is a hash of the
+    whole request, so its stored answer is found again by content after a crash; `order` names the step
+    ("critique" | "revision") and `sample` the round. Store key and requeue use the same fields as Task's."""
+
+    pair_id: str
+    system: str
+    user: str
+    order: str
+    sample: int = 0
+    max_tokens: int = 256
+    principle: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.pair_id, self.order, self.sample)
+
+
 @dataclass(kw_only=True)
 class JudgeOutput:
     """What a judge call gives beside its answer. `cost_usd` is everything the provider bills for it:
@@ -84,3 +103,17 @@ class ScoreResult(JudgeOutput):
         if self.score is None:
             return None
         return 1.0 / (1.0 + math.exp(-self.score)) if self.scale == "yes_no" else (self.score - 1.0) / 9.0
+
+
+@dataclass
+class Writing(JudgeOutput):
+    """The answer to a WriteTask: its text (stripped), None on failure (an empty answer is a failure)."""
+
+    text: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.text is not None and self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -103,6 +103,19 @@ def _answer_fault(text: str, label: str, answer: str, fault: str | None, max_tok
     return text, "end_turn"
 
 
+def _written(kind: str, response: str, request: str) -> str:
+    """The fake's critique of a response, or its revision: deterministic in what it was asked."""
+    if kind == "critique":
+        return (f"The response could do better on this: {request.split('.')[0].lower()}. "
+                f"It should say more plainly what it means ({len(response.split())} words now).")
+    return f"{response.strip()} I hope this helps, and thank you for asking."
+
+
+def _cut(text: str, max_tokens: int) -> tuple[str, str]:
+    """(text, stop_reason) with the text cut at `max_tokens` (4 characters a token)."""
+    return (text[:4 * max_tokens], "max_tokens") if len(text) > 4 * max_tokens else (text, "end_turn")
+
+
 def _uniform(*parts: str) -> float:
     return int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:8], 16) / 2**32
 
@@ -229,6 +242,10 @@ class FakeAPI:
     def _judge_text(self, text: str) -> dict:
         """What the fake judge sees in a prompt: kind, p_first or score, cot."""
         cot = "<rationale>" in text
+        for kind in ("revision", "critique"):  # critique-revise: free text about one response
+            request = _tag(text, f"{kind}_request")
+            if request is not None:
+                return {"kind": kind, "text": _written(kind, _tag(text, "response") or "", request)}
         single = _tag(text, "response")
         if single is not None and "Yes or No" in text:
             return {"kind": "yes_no", "p": yes_probability(single), "cot": cot}
@@ -246,6 +263,9 @@ class FakeAPI:
         user = "".join(m["content"] if isinstance(m["content"], str) else
                        "".join(b.get("text", "") for b in m["content"]) for m in msgs)
         seen = self._judge_text(system_text + user)
+        if seen["kind"] in ("critique", "revision"):
+            text, stop = _cut("" if answer_fault == "empty" else seen["text"], int(params.get("max_tokens", 1024)))
+            return self._anthropic_reply(params, system, system_text, user, text, stop)
         if seen["kind"] == "score":
             answer = str(seen["score"])
         else:
@@ -256,6 +276,9 @@ class FakeAPI:
         text = (f"<rationale>The fake judge compared the responses.</rationale>\n{label}: {answer}"
                 if seen["cot"] else answer)
         text, stop = _answer_fault(text, label, answer, answer_fault, int(params.get("max_tokens", 1024)))
+        return self._anthropic_reply(params, system, system_text, user, text, stop)
+
+    def _anthropic_reply(self, params: dict, system, system_text: str, user: str, text: str, stop: str) -> dict:
         cached = isinstance(system, list) and any("cache_control" in b for b in system)
         sys_tokens = _tokens(system_text)
         cache_hit = cached and system_text in self._cache
@@ -272,6 +295,14 @@ class FakeAPI:
         text = "".join(m["content"] if isinstance(m["content"], str) else
                        "".join(p.get("text", "") for p in m["content"]) for m in params.get("messages", []))
         seen = self._judge_text(text)
+        if seen["kind"] in ("critique", "revision"):
+            out, stop = _cut("" if answer_fault == "empty" else seen["text"], int(params.get("max_tokens") or 1024))
+            return {"id": f"chatcmpl-{uuid.uuid4().hex[:20]}", "object": "chat.completion",
+                    "created": int(time.time()), "model": params.get("model", "fake"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": None,
+                                 "finish_reason": "length" if stop == "max_tokens" else "stop"}],
+                    "usage": {"prompt_tokens": _tokens(text), "completion_tokens": _tokens(out),
+                              "total_tokens": _tokens(text) + _tokens(out)}}
         if seen["kind"] == "score":
             s = seen["score"]
             dist = {str(v): w for v, w in ((s, 0.6), (s - 1, 0.2), (s + 1, 0.2)) if 1 <= v <= 10}
