@@ -1,6 +1,7 @@
 """RL-CAI labels under a written constitution: the shipped sample loads, a bad file names its entry and
 field, each pair's principles are drawn by its id, and `label` against the API fake (real anthropic SDK)
-judges each pair under its principles (the principle's question is in the request), averages them and
+judges each pair under its principles, pairwise or each answer scored alone (the principle's question is in
+the request), averages them and
 records them on the label; calls of one failing principle leave exactly the pairs that drew it unlabeled."""
 
 import json
@@ -22,9 +23,6 @@ def test_shipped_constitution_and_bad_files(tmp_path):
         load_constitution(str(bad))
     with pytest.raises(ConfigError, match="principles_per_pair: 9"):
         JudgeConfig(kind="function", function="x:y", constitution="default", principles_per_pair=9).validate()
-    with pytest.raises(ConfigError, match="protocol=pairwise"):
-        JudgeConfig(kind="function", function="x:y", score_function="x:z", constitution="default",
-                    protocol="pointwise").validate()
     draws = {pid: principles_for(pid, shipped, 2) for pid in ("p1", "p2", "p3", "p4")}
     assert draws == {pid: principles_for(pid, shipped, 2) for pid in draws}  # a function of the pair id
     assert all(len(set(d)) == 2 for d in draws.values()) and len({tuple(d) for d in draws.values()}) > 1
@@ -32,7 +30,8 @@ def test_shipped_constitution_and_bad_files(tmp_path):
     assert config_hash(plain) != config_hash(JudgeConfig(kind="anthropic", model="m", constitution="default"))
 
 
-def test_label_under_a_constitution_records_principles_and_masks_a_failing_one(ray_session, fake, tmp_path):
+@pytest.mark.parametrize("protocol", ["pairwise", "pointwise"])
+def test_label_under_a_constitution_records_principles_and_masks_a_failing_one(ray_session, fake, tmp_path, protocol):
     from rlaif_ray.algos import label
     from rlaif_ray.data import read_pairs
 
@@ -44,14 +43,15 @@ def test_label_under_a_constitution_records_principles_and_masks_a_failing_one(r
     cfg = load(LabelJob, None, [f"input={pairs}", f"run_dir={tmp_path / 'run'}", "pool.judge.kind=anthropic",
                                 "pool.judge.model=fake-judge", f"pool.judge.base_url={fake.base_url}",
                                 "pool.judge.constitution=default", "pool.judge.principles_per_pair=2",
-                                "pool.judge.reask=0", "pool.retry.base_delay_s=0.05"])
+                                "pool.judge.reask=0", "pool.retry.base_delay_s=0.05", f"pool.judge.protocol={protocol}"])
     label.run(cfg, None)
     shipped = load_constitution("default")
     drawn = {p.id: principles_for(p.id, shipped, 2) for p in read_pairs(str(pairs))}
     rows = [json.loads(line) for line in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
     assert {r["id"] for r in rows} == {pid for pid, d in drawn.items() if "honest" not in d}
     assert all(r["principles"] == drawn[r["id"]] for r in rows)
-    assert fake.stats()["billable"] == 12 * 2 * 2  # pairs x principles x both orders, each paid once
+    # pairs x principles x (both orders | both responses scored alone), each paid once
+    assert fake.stats()["billable"] == 12 * 2 * 2 and fake.stats()["repaid"] == 0
     stored = [json.loads(line) for f in (tmp_path / "run" / "labels").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert all(r["principle"] == drawn[r["pair_id"]][r["sample"]] for r in stored)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

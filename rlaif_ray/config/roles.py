@@ -91,9 +91,10 @@ class JudgeConfig:
     both_orders: bool = field_(True, "judge (a,b) and (b,a) and average to cancel position bias (pairwise; a "
                                "pointwise label shows no order, so one call per response)")
     samples: int = field_(1, "samples per order (soft labels from votes when no logprobs)", ge=1)
-    constitution: str | None = field_(None, "RL-CAI: a constitution YAML ('default' = the shipped sample): each "
-                                      "pair is judged under principles drawn for it (by its id), whose compare "
-                                      "question replaces the rubric; the label records them")
+    constitution: str | None = field_(None, "RL-CAI: a constitution YAML ('default' = the shipped sample, 'tone' = "
+                                      "the CAI demo's): each pair is judged under principles drawn for it (by its "
+                                      "id), whose compare question (pointwise: score question) replaces the rubric; "
+                                      "the label records them")
     principles_per_pair: int = field_(1, "judge.constitution: principles per pair; the soft label averages "
                                       "them (each in both orders and `samples` times)", ge=1)
     temperature: float = field_(0.0, "sampling temperature of the judge", ge=0)
@@ -121,9 +122,6 @@ class JudgeConfig:
         if self.calibrate and (self.protocol == "pointwise" or self.kind == "anthropic-batch"):
             raise ConfigError("calibrate: only for protocol=pairwise judged call by call (pointwise score "
                               "differences cancel the prior; the Batches path does not calibrate)")
-        if self.constitution and self.protocol != "pairwise":
-            raise ConfigError("constitution: RL-CAI labels compare two answers under a principle; set "
-                              "protocol=pairwise")
         if self.constitution:
             from ..feedback.constitution import load_constitution
 

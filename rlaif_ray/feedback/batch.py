@@ -70,7 +70,7 @@ class BatchLabeler:
         """(state key, request) of every request a task needs: one pair, or one score per response."""
         key = [t.pair_id, t.order, t.sample]
         if self.cfg.protocol == "pointwise":
-            system = score_system(self.judge.rubric, self.cfg.cot)
+            system = score_system(task_rubric(self.judge.rubric, self.cfg, t, pointwise=True), self.cfg.cot)
             return [(key + [part], {"custom_id": custom_id(t, part),
                                     "params": self.judge.params(system, score_user(t.prompt, r))})
                     for part, r in enumerate((t.first, t.second))]

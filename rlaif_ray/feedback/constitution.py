@@ -4,11 +4,13 @@ Bai et al. 2022). For RL-CAI preference labels (`judge.constitution=FILE`) each 
 run draws the same ones); each principle's `compare` question replaces the rubric of its calls, the
 label averages them, and the label records the principle ids.
 
-    constitution = load_constitution(path)            # {id: Principle}; "default" = the shipped sample
+    constitution = load_constitution(path)            # {id: Principle}; "default", "tone": shipped ones
     ids = principles_for(pair_id, constitution, k)    # k distinct principle ids, fixed per pair
 
-File (YAML): `principles: [{id, critique, revision, compare?}, ...]`; without `compare` a judge is asked
-to judge the answers by the critique request.
+File (YAML): `principles: [{id, critique, revision, compare?, score?}, ...]`; without `compare` a judge is
+asked to judge the answers by the critique request. `score` is the question about one answer that
+protocol=pointwise asks (each answer scored alone under the pair's principle; small judges that always pick
+the first-shown answer still rank answers this way).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "constitution.yaml"
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED = {"default": _ASSETS / "constitution.yaml", "tone": _ASSETS / "constitution_tone.yaml"}
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,13 @@ class Principle:
     critique: str  # asked of one answer: what is wrong with it under this principle
     revision: str  # how to rewrite the answer to meet the principle
     compare: str  # asked of two answers: which meets the principle better
+    score: str  # asked of one answer (protocol=pointwise): does it meet the principle
 
-    def rubric(self) -> str:
-        """The judge's rubric for a comparison under this principle."""
+    def rubric(self, pointwise: bool = False) -> str:
+        """The judge's rubric for a comparison under this principle, or for one answer scored alone."""
+        if pointwise:
+            return (f"You judge one answer to a prompt under one principle of a constitution "
+                    f"(principle '{self.id}'). {self.score}")
         return (f"You compare two answers to the same prompt under one principle of a constitution "
                 f"(principle '{self.id}'). {self.compare}")
 
@@ -39,7 +46,7 @@ def load_constitution(path: str) -> dict[str, Principle]:
     """Principles by id, in file order; a bad file raises ValueError naming the file, entry and field."""
     import yaml
 
-    file = DEFAULT if path == "default" else Path(path)
+    file = SHIPPED.get(path) or Path(path)
     if not file.exists():
         raise ValueError(f"judge.constitution: {path}: no such file")
     data = yaml.safe_load(file.read_text())
@@ -56,7 +63,8 @@ def load_constitution(path: str) -> dict[str, Principle]:
         if e["id"] in out:
             raise ValueError(f"{file}: principles[{i}].id: {e['id']!r} appears twice")
         compare = e.get("compare") or f"Judge the answers by this request: {e['critique']} Which answer does better?"
-        out[e["id"]] = Principle(e["id"], e["critique"], e["revision"], compare)
+        score = e.get("score") or f"Judge the answer by this question: {compare}"
+        out[e["id"]] = Principle(e["id"], e["critique"], e["revision"], compare, score)
     return out
 
 
@@ -68,11 +76,11 @@ def principles_for(pair_id: str, constitution: dict[str, Principle], k: int) -> 
     return random.Random(f"constitution:{pair_id}").sample(ids, k)
 
 
-def task_rubric(rubric: str, cfg, task) -> str:
+def task_rubric(rubric: str, cfg, task, pointwise: bool = False) -> str:
     """The rubric of one judge call: its principle's under a constitution, else the judge's own."""
-    return load_constitution(cfg.constitution)[task.principle].rubric() if task.principle else rubric
+    return load_constitution(cfg.constitution)[task.principle].rubric(pointwise) if task.principle else rubric
 
 
 def file_text(path: str) -> str:
     """The constitution's text (part of the judge's config hash: an edited constitution is a new judge)."""
-    return (DEFAULT if path == "default" else Path(path)).read_text()
+    return (SHIPPED.get(path) or Path(path)).read_text()

@@ -148,9 +148,9 @@ class _APIJudge(Judge):
         value, fields, attempts = await self._ask(system, user, VERDICTS, pair_answer(self.cfg.cot), self._p_first)
         return Verdict(value, attempts=attempts, **fields)
 
-    async def score(self, prompt: Any, response_text: Any) -> ScoreResult:
+    async def score(self, prompt: Any, response_text: Any, rubric: str | None = None) -> ScoreResult:
         scale = self.cfg.scale
-        system, user = score_system(self.rubric, self.cfg.cot, scale), score_user(prompt, response_text, scale)
+        system, user = score_system(rubric or self.rubric, self.cfg.cot, scale), score_user(prompt, response_text, scale)
         value, fields, attempts = await self._ask(system, user, YES_NO if scale == "yes_no" else SCORES,
                                                   score_answer(self.cfg.cot, scale), self._score)
         return ScoreResult(value, scale=scale, attempts=attempts, **fields)

@@ -43,7 +43,7 @@ class FunctionJudge(Judge):
             return Verdict(None, raw=str(p), error=f"function returned {p}, outside [0, 1]")
         return Verdict(p, raw=repr(p))
 
-    async def score(self, prompt: Any, response: Any) -> ScoreResult:
+    async def score(self, prompt: Any, response: Any, rubric: str | None = None) -> ScoreResult:  # noqa: ARG002 - a function scores by itself
         if self.score_fn is None:
             return ScoreResult(None, error="judge.score_function is not set (module:function(prompt, response))")
         try:

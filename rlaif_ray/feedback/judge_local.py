@@ -61,8 +61,8 @@ class LocalJudge(Judge):
         return [{"role": "system", "content": pair_system(task_rubric(self.rubric, self.cfg, task), False)},
                 {"role": "user", "content": pair_user(task.prompt, task.first, task.second)}]
 
-    def score_messages(self, prompt: Any, response: Any) -> list[dict[str, str]]:
-        return [{"role": "system", "content": score_system(self.rubric, False, self.cfg.scale)},
+    def score_messages(self, prompt: Any, response: Any, rubric: str | None = None) -> list[dict[str, str]]:
+        return [{"role": "system", "content": score_system(rubric or self.rubric, False, self.cfg.scale)},
                 {"role": "user", "content": score_user(prompt, response, self.cfg.scale)}]
 
     async def _on_engine_thread(self, fn, *args):
@@ -120,10 +120,10 @@ class LocalJudge(Judge):
     async def judge(self, task: Task) -> Verdict:
         return (await self.judge_many([task]))[0]
 
-    async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
+    async def score_many(self, items: list[tuple[Any, Any]], rubric: str | None = None) -> list[ScoreResult]:
         scale = self.cfg.scale
         try:
-            lps = await self._logprobs([self.score_messages(p, r) for p, r in items],
+            lps = await self._logprobs([self.score_messages(p, r, rubric) for p, r in items],
                                        YES_NO if scale == "yes_no" else DIGITS)
         except Exception as e:  # noqa: BLE001
             return [ScoreResult(None, error=describe(e), scale=scale) for _ in items]
@@ -136,8 +136,8 @@ class LocalJudge(Judge):
             results.append(ScoreResult(sum(d * p for d, p in w.items()) / sum(w.values()), raw=str(lp)))
         return results
 
-    async def score(self, prompt: Any, response: Any) -> ScoreResult:
-        return (await self.score_many([(prompt, response)]))[0]
+    async def score(self, prompt: Any, response: Any, rubric: str | None = None) -> ScoreResult:
+        return (await self.score_many([(prompt, response)], rubric))[0]
 
     async def close(self) -> None:
         if self.engine is not None:

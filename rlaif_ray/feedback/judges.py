@@ -77,7 +77,8 @@ class Judge:
     async def judge(self, task: Task) -> Verdict:
         raise NotImplementedError
 
-    async def score(self, prompt: Any, response: Any) -> ScoreResult:
+    async def score(self, prompt: Any, response: Any, rubric: str | None = None) -> ScoreResult:
+        """`rubric`: judge by this instead of the configured rubric (a constitution's principle)."""
         raise NotImplementedError
 
     async def write(self, task: WriteTask) -> Writing:
@@ -86,8 +87,8 @@ class Judge:
     async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
         return list(await asyncio.gather(*(self.judge(t) for t in tasks)))
 
-    async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
-        return list(await asyncio.gather(*(self.score(p, r) for p, r in items)))
+    async def score_many(self, items: list[tuple[Any, Any]], rubric: str | None = None) -> list[ScoreResult]:
+        return list(await asyncio.gather(*(self.score(p, r, rubric) for p, r in items)))
 
     async def write_many(self, tasks: list[WriteTask]) -> list[Writing]:
         return list(await asyncio.gather(*(self.write(t) for t in tasks)))
@@ -106,11 +107,11 @@ class _Wrapper(Judge):
     async def judge(self, task: Task) -> Verdict:
         return (await self.judge_many([task]))[0]
 
-    async def score(self, prompt: Any, response: Any) -> ScoreResult:
-        return await self.inner.score(prompt, response)
+    async def score(self, prompt: Any, response: Any, rubric: str | None = None) -> ScoreResult:
+        return await self.inner.score(prompt, response, rubric)
 
-    async def score_many(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
-        return await self.inner.score_many(items)
+    async def score_many(self, items: list[tuple[Any, Any]], rubric: str | None = None) -> list[ScoreResult]:
+        return await self.inner.score_many(items, rubric)
 
     async def write(self, task: WriteTask) -> Writing:
         return await self.inner.write(task)
@@ -125,14 +126,20 @@ class _Wrapper(Judge):
 class PointwiseJudge(_Wrapper):
     """protocol=pointwise: both responses of a task are scored alone under the rubric by `inner`, and
     P(first > second) = sigmoid((s_first - s_second) / T). No response is shown beside another, so position
-    bias cannot enter; a (prompt, response) met twice in one call is scored once."""
+    bias cannot enter; a (prompt, response) met twice in one call is scored once. Under a constitution each
+    response is scored by its task's principle (`score` question), one inner call per principle."""
 
     async def judge_many(self, tasks: list[Task]) -> list[Verdict]:
         from ..data import text_of
+        from .constitution import task_rubric
 
-        keys = [(text_of(t.prompt), text_of(r)) for t in tasks for r in (t.first, t.second)]
-        unique = list(dict.fromkeys(keys))
-        scored = dict(zip(unique, await self.inner.score_many(unique), strict=True))
+        keys = [(t.principle, text_of(t.prompt), text_of(r)) for t in tasks for r in (t.first, t.second)]
+        scored = {}
+        for principle, task in {t.principle: t for t in tasks}.items():
+            unique = list(dict.fromkeys(k[1:] for k in keys if k[0] == principle))
+            rubric = task_rubric(None, self.cfg, task, pointwise=True)
+            results = await self.inner.score_many(unique, rubric)
+            scored.update({(principle, *k): s for k, s in zip(unique, results, strict=True)})
         return [verdict_of_scores(scored[keys[2 * i]], scored[keys[2 * i + 1]], self.cfg.pointwise_temperature)
                 for i in range(len(tasks))]
 
