@@ -4,6 +4,9 @@
     on a friendly-tone rubric) -> train-rm -> train-ppo (RM reward) -> eval (judge and gold, both orders)
                                            -> train-dpo (AI preferences) ->
 
+    --pipeline cai (Constitutional AI): critique-revise (SmolLM2 critic, tone constitution) -> train-sft ->
+    generate-pairs (from the SFT policy) -> label under the constitution -> train-dpo -> eval
+
 A gold that is not the judge (VADER sentiment) measures every step: the labels' agreement with it, the
 RM's accuracy on held-out pairs by it, the policies' win rates over the start by it beside the judge's,
 and the gold score against KL to the start. Each stage writes below `<run_dir>/<n>-<job>/` with its own
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from ..assets import DEMO_PROMPTS
 from ..config import (
+    CritiqueReviseJob,
     DemoJob,
     EvalJob,
     FeedbackPoolConfig,
@@ -34,6 +38,7 @@ from ..config import (
     TrainDPOJob,
     TrainPPOJob,
     TrainRMJob,
+    TrainSFTJob,
     save,
 )
 from ..jobs import JOBS
@@ -84,9 +89,18 @@ class Stages:
             raise StageFailed(f"stage {job} finished but wrote no {done_marker}")
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", choices=["rlhf", "cai"], help="which quickstart (default: the config's pipeline, "
+                   "rlhf); cai = Constitutional AI")
+
+
 def run(cfg: DemoJob, args) -> int:
     from ..cluster import init_ray
 
+    if getattr(args, "pipeline", None):
+        cfg = dataclasses.replace(cfg, pipeline=args.pipeline)
+    if cfg.pipeline == "cai":
+        return run_cai(cfg)
     root = Path(cfg.run_dir)
     st = Stages(root, cfg.time_budget_min * 60)
     init_ray(cfg.ray, shared={"run_dir": str(root)})
@@ -140,6 +154,82 @@ def run(cfg: DemoJob, args) -> int:
     return 0
 
 
+def run_cai(cfg: DemoJob) -> int:
+    """Constitutional AI on the shipped model: the policy's answers (half of them to prompts asking for a rude
+    answer, as red-team prompts elicit answers worth revising) critiqued and revised by SmolLM2 under the tone
+    constitution -> SFT on the revisions -> pairs from the SFT policy (plain vs warm/rude instructed, as in the
+    RLHF demo) -> labels under the constitution (each answer scored alone by its pair's principle) -> DPO from
+    the SFT policy -> eval of start, SFT and DPO by the judge and by the gold (VADER)."""
+    from ..cluster import init_ray
+
+    root = Path(cfg.run_dir) / "cai"
+    st = Stages(root, cfg.time_budget_min * 60)
+    init_ray(cfg.ray, shared={"run_dir": str(root)})
+    policy = cfg.policy
+    gen_sampling = dataclasses.replace(cfg.sampling, n=1)
+    critic = dataclasses.replace(cfg.judge, temperature=0.0)  # the judge's model writes critiques and revisions
+    labeler = dataclasses.replace(cfg.judge, constitution=cfg.constitution, principles_per_pair=1)
+    try:
+        cr_dir = st.dir(1, "critique-revise")
+        st.run("critique-revise", CritiqueReviseJob(
+            prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(cr_dir), max_prompts=cfg.cai_prompts,
+            policy=policy, instructions=cfg.cai_instructions, rollout=cfg.rollout, sampling=gen_sampling,
+            constitution=cfg.constitution, critic=FeedbackPoolConfig(num_actors=1, judge=critic),
+            critique_tokens=48, revision_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed, ray=cfg.ray),
+            cr_dir / "sft.jsonl")
+
+        sft_dir = st.dir(2, "train-sft")
+        st.run("train-sft", TrainSFTJob(data=str(cr_dir / "sft.jsonl"), run_dir=str(sft_dir), model=policy,
+                                        learner=cfg.learner, epochs=cfg.sft_epochs, val_fraction=0.1, ray=cfg.ray),
+               sft_dir / "final" / "config.json")
+        sft_policy = dataclasses.replace(policy, path=str(sft_dir / "final"))
+
+        pairs_dir = st.dir(3, "generate-pairs")
+        st.run("generate-pairs", GeneratePairsJob(
+            prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(pairs_dir), output=str(pairs_dir / "pairs.jsonl"),
+            policy=sft_policy, instructions_b=cfg.instructions_b, max_prompts=cfg.pair_prompts, rollout=cfg.rollout,
+            sampling=gen_sampling, ray=cfg.ray), pairs_dir / "pairs.jsonl")
+
+        label_dir = st.dir(4, "label")
+        prefs = label_dir / "preferences.jsonl"
+        st.run("label", LabelJob(input=str(pairs_dir / "pairs.jsonl"), run_dir=str(label_dir), output=str(prefs),
+                                 pool=FeedbackPoolConfig(num_actors=1, judge=labeler), gold=cfg.gold, ray=cfg.ray),
+               label_dir / "summary.json")
+
+        dpo_dir = st.dir(5, "train-dpo")
+        stage = dataclasses.replace(cfg.dpo, data=str(prefs))
+        st.run("train-dpo", TrainDPOJob(run_dir=str(dpo_dir), model=sft_policy, stages=[stage], learner=cfg.learner,
+                                        ray=cfg.ray), dpo_dir / "final" / "config.json")
+
+        eval_dir = st.dir(6, "eval")
+        st.run("eval", EvalJob(
+            prompts=str(DEMO_PROMPTS / "heldout.jsonl"), run_dir=str(eval_dir), max_prompts=cfg.eval_prompts,
+            policies={"start": policy.path, "sft": sft_policy.path, "dpo": str(dpo_dir / "final")},
+            baseline="start", kl_reference="start", dtype=policy.dtype, pool=FeedbackPoolConfig(num_actors=1, judge=cfg.judge),
+            gold=cfg.gold, rollout=cfg.rollout, sampling=dataclasses.replace(cfg.sampling, n=1, temperature=0.0),
+            seed=cfg.seed, ray=cfg.ray), eval_dir / "results.json")
+    except StageFailed as e:
+        log.error("%s", e)
+        return 1
+    table = summary_table(st, label_dir, None, eval_dir, revisions=revision_gain(cfg, cr_dir / "sft.jsonl"),
+                          title="Constitutional AI demo")
+    (root / "summary.txt").write_text(table + "\n")
+    print("\n" + table)
+    return 0
+
+
+def revision_gain(cfg: DemoJob, sft_path: Path) -> tuple[float | None, int]:
+    """Share of critique-revise's rows whose final revision the gold scores above the original answer, among
+    the rows where the gold tells them apart by its margin; and that count."""
+    from ..data import PairRecord
+    from ..eval.gold import gold_preferences
+
+    rows = [json.loads(line) for line in sft_path.read_text().splitlines()]
+    pairs = [PairRecord(r["prompt"], r["completion"], r["original"]) for r in rows]
+    decided = [g for g in gold_preferences(cfg.gold, pairs) if g is not None and g != 0.5]
+    return (sum(g > 0.5 for g in decided) / len(decided) if decided else None), len(decided)
+
+
 def _remaining_min(st: Stages, cfg: DemoJob, share: float) -> float:
     """Wall-clock minutes PPO may use: `share` of what the budget has left after the stages so far,
     leaving the rest for DPO and eval. At least one minute, so PPO always takes a step or two."""
@@ -170,19 +260,26 @@ def write_gold_heldout(cfg: DemoJob, pairs_path: Path, prefs_path: Path, out: Pa
 GOALS = {"agreement": 0.70, "rm_accuracy": 0.65}
 
 
-def summary_table(st: Stages, label_dir: Path, rm_dir: Path, eval_dir: Path) -> str:
-    """Every goal of the demo marked met / not met, as it came out, then costs, time and files."""
+def summary_table(st: Stages, label_dir: Path, rm_dir: Path | None, eval_dir: Path,
+                  revisions: tuple[float | None, int] | None = None, title: str = "RLAIF demo") -> str:
+    """Every goal of the demo marked met / not met, as it came out, then costs, time and files. `rm_dir`
+    None: no reward model (the CAI pipeline); `revisions`: critique-revise's revision gain by the gold."""
     results = json.loads((eval_dir / "results.json").read_text())
     label = json.loads((label_dir / "summary.json").read_text())
     gold = results.get("gold", {})
     agree = (label.get("gold") or {}).get("agreement")
-    acc = _last_metric(rm_dir / "metrics.jsonl", "human/accuracy")
-    lines = ["RLAIF demo — results (goal: met / not met, as measured)", "",
-             f"{'':<44}{'value':>8}{'95% CI':>18}{'n':>5}  goal",
-             _goal_row("judge-gold agreement on the demo's pairs", agree, None, (label.get("gold") or {}).get("n"),
-                       f">= {GOALS['agreement']}", agree is not None and agree >= GOALS["agreement"]),
-             _goal_row("RM held-out accuracy by the gold", acc, None, None, f">= {GOALS['rm_accuracy']}",
-                       acc is not None and acc >= GOALS["rm_accuracy"])]
+    lines = [f"{title} — results (goal: met / not met, as measured)", "",
+             f"{'':<44}{'value':>8}{'95% CI':>18}{'n':>5}  goal"]
+    if revisions is not None:
+        gain, n = revisions
+        lines.append(_goal_row("revision beats original, by the gold", gain, None, n, "> 0.5",
+                               gain is not None and gain > 0.5))
+    lines.append(_goal_row("judge-gold agreement on the demo's pairs", agree, None, (label.get("gold") or {}).get("n"),
+                           f">= {GOALS['agreement']}", agree is not None and agree >= GOALS["agreement"]))
+    if rm_dir is not None:
+        acc = _last_metric(rm_dir / "metrics.jsonl", "human/accuracy")
+        lines.append(_goal_row("RM held-out accuracy by the gold", acc, None, None, f">= {GOALS['rm_accuracy']}",
+                               acc is not None and acc >= GOALS["rm_accuracy"]))
     for by, rows in (("gold", gold.get("vs_baseline", [])), ("judge", results.get("vs_baseline", []))):
         for row in rows:
             lines.append(_goal_row(f"{row['policy']} win rate over start, by the {by}", row["win_rate"],

@@ -314,7 +314,11 @@ class EvalJob:
 
 @dataclass
 class DemoJob:
-    run_dir: str = field_("runs/demo", "every stage writes below <run_dir>/<n>-<job>/")
+    pipeline: Literal["rlhf", "cai"] = field_(
+        "rlhf", "rlhf: generate-pairs -> label -> train-rm -> train-ppo / train-dpo -> eval; cai (Constitutional AI): "
+        "critique-revise -> train-sft -> generate-pairs -> label under a constitution -> train-dpo -> eval")
+    run_dir: str = field_("runs/demo", "every stage writes below <run_dir>/<n>-<job>/ (pipeline=cai: below "
+                          "<run_dir>/cai/)")
     policy: ModelConfig = field_(ModelConfig(path="smollm2", dtype="bf16", lora=LoraConfig(enabled=True)),
                                  "starting policy (trained with LoRA)")
     judge: JudgeConfig = field_(JudgeConfig(kind="local", model="smollm2", max_tokens=1, rubric="friendly",
@@ -347,5 +351,13 @@ class DemoJob:
     dpo: DPOStage = field_(DPOStage(name="ai", epochs=1, lr=5e-5, beta=0.1, loss="sigmoid", soft_labels=True),
                            "the DPO stage on the AI preferences (its data is filled in by the demo)")
     sync: SyncConfig = field_(SyncConfig(), "weight sync of train-ppo")
+    constitution: str = field_("tone", "pipeline=cai: the constitution of critique-revise and of the labels "
+                               "('tone': the shipped tone constitution, whose gold is VADER)")
+    cai_prompts: int = field_(48, "pipeline=cai: prompts the policy answers and the critic revises", ge=4)
+    sft_epochs: int = field_(2, "pipeline=cai: train-sft epochs on the revisions", ge=1)
+    cai_instructions: list[str] = field_(
+        ["Answer rudely, like a grumpy, annoyed person who hates being asked.", ""],
+        "pipeline=cai: appended (cycled; '' = none) to the prompts the policy answers in critique-revise, as red-team "
+        "prompts elicit answers worth revising; the SFT rows keep the plain prompt")
     seed: int = field_(0, "seed of eval position randomisation and bootstrap", ge=0)
     ray: RayConfig = field_(RayConfig(), "Ray cluster")

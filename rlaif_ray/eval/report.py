@@ -129,7 +129,8 @@ def format_report(res: dict) -> str:
     lines += ["", f"Judge position bias: prefers the first-shown answer in {pb['first_position_rate']:.3f} of "
               f"{pb['n_verdicts']} verdicts, 95% CI {_ci(pb['ci'])} -> "
               + ("BIASED (CI excludes 0.5)" if pb["biased"] else "no significant bias")
-              + f"; both orders agree in {pb['consistency']:.3f} of {pb['n_both_orders']} doubly-judged pairs"]
+              + (f"; both orders agree in {pb['consistency']:.3f} of {pb['n_both_orders']} doubly-judged pairs"
+                 if pb["n_both_orders"] else "; no pair was judged in both orders")]
     if "gold" in res:
         g, ag = res["gold"], res["gold"]["judge_agreement"]
         lines += ["", "Win rates by the gold (same answers, same CIs):"]
