@@ -252,7 +252,11 @@ def test_persistent_failure_is_stored_as_failed_and_retried_next_run(fake, tmp_p
     assert fake.stats()["repaid"] == 0
 
 
-def test_store_skips_torn_lines_and_keeps_ok_final(tmp_path):
+@pytest.mark.parametrize("block", [8 << 20, 64])  # 64 bytes: every record spans blocks
+def test_store_skips_torn_lines_and_keeps_ok_final(tmp_path, monkeypatch, block):
+    import rlaif_ray.feedback.store as store_mod
+
+    monkeypatch.setattr(store_mod, "READ_BLOCK", block)
     w = ShardWriter(tmp_path / "labels", "w")
     t = Task("p1", "q", "a", "b")
     w.write([record_of(t, Verdict(None, error="boom"), "h", "j", w.name),
@@ -263,6 +267,12 @@ def test_store_skips_torn_lines_and_keeps_ok_final(tmp_path):
     store.refresh()
     assert store.get("p1", "h", "ab", 0)["p_first"] == 0.7 and store.done("p2", "h", "ab", 0)
     assert not store.done("p3", "h", "ab", 0) and store.totals["h"]["ok"] == 2 and store.totals["h"]["failed"] == 0
+    # The index holds where records lie, not the records: a later write is found by the next refresh, and
+    # an ok record read back from disk is the one stored, whole.
+    w.write([record_of(Task("p3", "q", "a", "b", "ba", 1), Verdict(0.2, raw="B" * 300), "h", "j", w.name)])
+    assert store.refresh() == 1
+    assert store.get("p3", "h", "ba", 1)["raw"] == "B" * 300 and store.get("p1", "h", "ab", 0)["p_first"] == 0.7
+    assert sorted(r["pair_id"] for r in store.records("h")) == ["p1", "p2", "p3"] and store.get("p9", "h", "ab", 0) is None
 
 
 def test_cost_and_rate_limit_headers():

@@ -87,11 +87,11 @@ def run(cfg: LabelJob, args) -> int:
     rows, stats = consolidate(pairs, store, jcfg, chash, jid)
     output = Path(cfg.output or run_dir / "preferences.jsonl")
     write_rows(output, rows)
-    new_records = pending.new_records()
+    cost_run = pending.run_cost()
     summary = {"output": str(output), "judge": jid, "judge_config_hash": chash, "interrupted": pending.interrupted,
                "calls_total": len(pending.tasks), "calls_run": len(pending.todo), "seconds": round(seconds, 3),
-               "calls_per_s": round(len(new_records) / seconds, 3) if seconds > 0 else None,
-               **stats, "cost_run": cost_of(new_records), "cost_cumulative": cost_of(store.ledger()),
+               "calls_per_s": round(cost_run["calls"] / seconds, 3) if seconds > 0 else None,
+               **stats, "cost_run": cost_run, "cost_cumulative": cost_of(store.ledger()),
                "prices_per_mtok": prices_of(jcfg),
                "stopped_by_budget": bool(run_summary.get("budget_stopped")), "pool": run_summary,
                "nodes": pending.nodes, "torn_lines": store.torn_lines}

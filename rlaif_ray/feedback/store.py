@@ -1,10 +1,10 @@
 """Durable label store: append-only JSONL shards under `<run_dir>/labels/`, one per writer (actor
-incarnation or driver), each record fsync'd before it counts. The index maps
-(pair id, judge config hash, order, sample) to the record; it is rebuilt by reading the shards
-(incrementally: `refresh()` reads only new bytes), and a torn last line from a killed writer is skipped.
+incarnation or driver), each record fsync'd before it counts. The index maps (judge config hash, pair id,
+order, sample) to where the record lies on disk; it is rebuilt by reading the shards (incrementally:
+`refresh()` reads only new bytes), and a torn last line from a killed writer is skipped.
 
-A stored "ok" record is final; a "failed" one (error kept) is retried by the next run. The index keeps
-the newest record per key; the ledger keeps the cost of every record ever written (a failed call replaced
+A stored "ok" record is final; a "failed" one (error kept) is retried by the next run. The index points at
+the newest record per key; the ledger sums the cost of every record ever written (a failed call replaced
 by a later ok one was billed too), so cumulative cost is what the provider billed.
 """
 
@@ -20,17 +20,11 @@ from typing import Any
 
 from .types import Task, Verdict, WriteTask, Writing
 
-Key = tuple[str, str, str, int]  # pair id, config hash, order, sample
-
 
 def record_of(task: Task | WriteTask, verdict: Verdict | Writing, config_hash: str, judge_id: str, writer: str) -> dict[str, Any]:
     v = verdict.to_dict()
     return {"pair_id": task.pair_id, "config_hash": config_hash, "order": task.order, "sample": task.sample,
             **({"principle": task.principle} if task.principle else {}), "status": "ok" if verdict.ok else "failed", "judge": judge_id, "writer": writer, "t": time.time(), **v}
-
-
-def key_of(record: dict[str, Any]) -> Key:
-    return (record["pair_id"], record["config_hash"], record["order"], int(record["sample"]))
 
 
 class ShardWriter:
@@ -103,86 +97,140 @@ class GroupCommitWriter:
 
 
 class LabelStore:
-    """Reader/index of every shard of a run directory (driver side)."""
+    """Reader/index of every shard of a run directory (driver side), compact enough for millions of calls:
+    per config hash, a key string -> one int (shard number, byte offset and length of the newest record,
+    ok bit); record bodies stay on disk and `get` reads one back. Costs are running sums, not per record."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir) / "labels"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.index: dict[Key, dict[str, Any]] = {}
-        self._offsets: dict[Path, int] = {}
+        self.index: dict[str, dict[str, int]] = {}  # config hash -> "pair\x1forder\x1fsample" -> packed entry
+        self._shards: list[Path] = []  # shard number -> file
+        self._offsets: dict[Path, int] = {}  # file -> bytes read
+        self._readers: dict[int, Any] = {}
         self.torn_lines = 0
         self.totals: dict[str, dict[str, float]] = {}  # config hash -> ok / failed / cost_usd (progress)
-        self._billed: dict[str, list[dict[str, Any]]] = {}  # config hash -> cost fields of every record read
+        self._billed: dict[str, dict[str, Any]] = {}  # config hash -> cost sums of every record read
 
     def refresh(self) -> int:
         """Read new complete lines of every shard; returns how many records were new."""
         new = 0
         for path in sorted(self.dir.glob("*.jsonl")):
-            start = self._offsets.get(path, 0)
+            if path not in self._offsets:
+                self._offsets[path] = 0
+                self._shards.append(path)
+            shard = self._shards.index(path)
             with path.open("rb") as fh:
-                fh.seek(start)
-                data = fh.read()
-            end = data.rfind(b"\n") + 1  # a line without its newline is still being written (or torn)
-            for line in data[:end].splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    self.torn_lines += 1
-                    continue
-                new += self._add(rec)
-            self._offsets[path] = start + end
+                fh.seek(self._offsets[path])
+                while block := fh.read(READ_BLOCK):
+                    start = self._offsets[path]
+                    end = block.rfind(b"\n") + 1  # a line without its newline is still being written (or torn)
+                    if end == 0:
+                        if len(block) < READ_BLOCK:
+                            break
+                        block += fh.readline()  # one record longer than a block
+                        end = block.rfind(b"\n") + 1
+                        if end == 0:
+                            break
+                    pos = 0
+                    while pos < end:
+                        nl = block.index(b"\n", pos) + 1
+                        if nl - pos >= 1 << 24:
+                            raise ValueError(f"{path}: a record of 16 MiB or more at byte {start + pos}")
+                        try:
+                            rec = json.loads(block[pos:nl])
+                        except json.JSONDecodeError:
+                            self.torn_lines += 1
+                        else:
+                            new += self._add(rec, ((start + pos) << 24 | (nl - pos)) << 16 | shard)
+                        pos = nl
+                    self._offsets[path] = start + end
+                    fh.seek(start + end)
         return new
 
-    def _add(self, rec: dict[str, Any]) -> int:
-        self._billed.setdefault(rec["config_hash"], []).append(
-            {k: rec.get(k, d) for k, d in (("usage", {}), ("cost_usd", 0.0), ("estimated_usd", 0.0),
-                                           ("attempts", 1), ("reasks", 0))})
-        key = key_of(rec)
-        old = self.index.get(key)
-        if old is not None and old["status"] == "ok":
+    def _add(self, rec: dict[str, Any], where: int) -> int:
+        h, ok = rec["config_hash"], rec["status"] == "ok"
+        b = self._billed.setdefault(h, {"records": 0, "usage": dict.fromkeys(USAGE, 0), "cost_usd": 0.0,
+                                        "estimated_usd": 0.0, "attempts": 0, "reasks": 0, "answers_usd": 0.0,
+                                        "answered": 0})
+        usage, cost, est, reasks = rec.get("usage") or {}, rec.get("cost_usd", 0.0), rec.get("estimated_usd", 0.0), rec.get("reasks", 0)
+        b["records"] += 1
+        for k in USAGE:
+            b["usage"][k] += usage.get(k, 0)
+        b["cost_usd"] += cost
+        b["estimated_usd"] += est
+        b["attempts"] += rec.get("attempts", 1)
+        b["reasks"] += reasks
+        if sum(usage.values()) > 0:  # an answer was read: its price, per answer, prices calls a kill cut off
+            b["answers_usd"] += (cost - est) / (1 + reasks)
+            b["answered"] += 1
+        index, key = self.index.setdefault(h, {}), _key(rec["pair_id"], rec["order"], rec["sample"])
+        old = index.get(key)
+        if old is not None and old & 1:
             return 0  # an ok label is final
-        self.index[key] = rec
-        t = self.totals.setdefault(rec["config_hash"], {"ok": 0, "failed": 0, "cost_usd": 0.0})
+        index[key] = where << 1 | ok
+        t = self.totals.setdefault(h, {"ok": 0, "failed": 0, "cost_usd": 0.0})
         if old is not None:
             t["failed"] -= 1
-        t["ok" if rec["status"] == "ok" else "failed"] += 1
-        t["cost_usd"] += rec["cost_usd"]
+        t["ok" if ok else "failed"] += 1
+        t["cost_usd"] += cost
         return 1
 
     def spent(self, config_hash: str) -> tuple[int, float]:
         """(records ever stored, their dollars) for a config: what a spend budget counts, cheaply."""
-        rs = self._billed.get(config_hash, [])
-        return len(rs), self.totals.get(config_hash, {}).get("cost_usd", 0.0)
+        return self._billed.get(config_hash, {}).get("records", 0), self.totals.get(config_hash, {}).get("cost_usd", 0.0)
 
-    def ledger(self, config_hash: str | None = None) -> list[dict[str, Any]]:
-        """Cost fields of every record ever stored (for `labels.cost_of`), replaced ones included, and one
-        estimated entry per config for the attempts a kill cut off (`InflightTally`), each priced as the
-        mean delivered answer. Call it when no writer of the run is live (their calls are open)."""
+    def ledger(self, config_hash: str | None = None, cut_off: bool = True) -> list[dict[str, Any]]:
+        """Cost sums of every record ever stored (for `labels.cost_of`), replaced ones included, one entry per
+        config, and (`cut_off`) one estimated entry per config for the attempts a kill cut off
+        (`InflightTally`), each priced as the mean delivered answer. Call it when no writer of the run is live
+        (their calls are open)."""
         open_calls: dict[str, int] = {}
-        for path in self.dir.glob(f"*{InflightTally.SUFFIX}"):
+        for path in self.dir.glob(f"*{InflightTally.SUFFIX}") if cut_off else ():
             head, _, marks = path.read_bytes().partition(b"\n")
             h = head.decode()
             open_calls[h] = open_calls.get(h, 0) + max(0, marks.count(b"+") - marks.count(b"-"))
         out = []
-        for h, rs in self._billed.items():
+        for h, b in self._billed.items():
             if config_hash is not None and h != config_hash:
                 continue
-            out += rs
-            delivered = [(r["cost_usd"] - r["estimated_usd"]) / (1 + r["reasks"]) for r in rs
-                         if sum(r["usage"].values()) > 0]  # per answer read
+            out.append({"usage": dict(b["usage"]), "cost_usd": b["cost_usd"], "estimated_usd": b["estimated_usd"],
+                        "attempts": b["attempts"], "reasks": b["reasks"], "calls": b["records"]})
             n = open_calls.get(h, 0)
-            if n and delivered:
-                est = n * sum(delivered) / len(delivered)
-                out.append({"usage": dict.fromkeys(("input", "output", "cache_write", "cache_read"), 0),
-                            "cost_usd": est, "estimated_usd": est, "attempts": n, "reasks": 0, "calls": 0})
+            if n and b["answered"]:
+                est = n * b["answers_usd"] / b["answered"]
+                out.append({"usage": dict.fromkeys(USAGE, 0), "cost_usd": est, "estimated_usd": est, "attempts": n,
+                            "reasks": 0, "calls": 0})
         return out
 
     def done(self, pair_id: str, config_hash: str, order: str, sample: int) -> bool:
-        rec = self.index.get((pair_id, config_hash, order, sample))
-        return rec is not None and rec["status"] == "ok"
+        return bool(self.index.get(config_hash, {}).get(_key(pair_id, order, sample), 0) & 1)
 
     def get(self, pair_id: str, config_hash: str, order: str, sample: int) -> dict[str, Any] | None:
-        return self.index.get((pair_id, config_hash, order, sample))
+        where = self.index.get(config_hash, {}).get(_key(pair_id, order, sample))
+        return None if where is None else self._read(where >> 1)
 
     def records(self, config_hash: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.index.values() if config_hash is None or r["config_hash"] == config_hash]
+        """The newest record of every key (read back from disk)."""
+        return [self._read(w >> 1) for h, index in self.index.items() if config_hash in (None, h)
+                for w in index.values()]
+
+    def _read(self, where: int) -> dict[str, Any]:
+        shard, length, offset = where & 0xFFFF, (where >> 16) & 0xFFFFFF, where >> 40
+        fh = self._readers.get(shard)
+        if fh is None:
+            fh = self._readers[shard] = self._shards[shard].open("rb")
+        return json.loads(os.pread(fh.fileno(), length, offset))
+
+    def close(self) -> None:
+        for fh in self._readers.values():
+            fh.close()
+        self._readers.clear()
+
+
+USAGE = ("input", "output", "cache_write", "cache_read")
+READ_BLOCK = 8 << 20  # bytes of a shard read at a time
+
+
+def _key(pair_id: str, order: str, sample: int) -> str:
+    return f"{pair_id}\x1f{order}\x1f{sample}"
