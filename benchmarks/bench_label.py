@@ -6,6 +6,11 @@ Fields: labels_per_s, sequential_labels_per_s, speedup (= first / second), ceili
 rate limit allows; null with `--rpm 0`, no limit), ceiling_fraction, lost (calls with no stored answer), repaid (requests the fake
 billed more than once). Goal: ceiling_fraction >= 0.95, speedup >= 50, lost = repaid = 0.
 
+`--scale` runs `rlaif-ray label` itself on `--pairs` pairs (20,000 by default, 2,000 with --quick) against the
+fake answering at once with no rate limit, through the Messages and the Batches path; per path:
+calls_per_s (judge calls over the time in the pool: our pipeline's ceiling), driver_peak_rss_bytes,
+resume_s (the same command again on the finished store), consolidate_s, store_bytes, lost, repaid.
+
 `--faults hostile` (200 pairs by default) runs the pool with its default limits against a fake that
 enforces `--rpm` (600 by default) over one-second intervals and misbehaves like a production API (`HOSTILE`:
 long retry-after 429s, 529s, 30 s stalls, truncated 200 bodies, dropped connections, answers without a
@@ -54,6 +59,10 @@ def add_arguments(p) -> None:
     p.add_argument("--pairs", type=int, default=None, help="pairs labeled by the pool (both orders)")
     p.add_argument("--sequential-calls", type=int, default=None, help="calls made by the one-at-a-time loop")
     p.add_argument("--actors", type=int, default=2, help="pool actors")
+    p.add_argument("--scale", action="store_true",
+                   help="`rlaif-ray label` itself (a subprocess) on --pairs pairs against the fake answering at once "
+                        "with no rate limit, through the Messages API and through the Batches API: calls/s, the "
+                        "driver's peak RSS, resume and consolidation seconds, store bytes, lost, re-paid")
 
 
 def _free_port() -> int:
@@ -153,6 +162,8 @@ def _serve_fake(args, prefix: str) -> tuple[str, Path, subprocess.Popen]:
 def run(args) -> int:
     if args.faults == "hostile":
         return _run_hostile(args)
+    if args.scale:
+        return _run_scale(args)
     from rlaif_ray.cluster import init_ray
     from rlaif_ray.config import FeedbackPoolConfig, JudgeConfig, RateLimitConfig, RayConfig
 
@@ -268,4 +279,70 @@ def _run_hostile(args) -> int:
         print(f"{goal:<30}{'met' if met else 'NOT met':>14}")
     result["goals"] = goals
     _write(args, result)
+    return 0
+
+
+def _driver(cmd: list[str], log: Path) -> tuple[int, float, int]:
+    """(exit code, wall seconds, peak RSS bytes) of one `rlaif-ray` driver process: its own VmHWM, polled
+    until it exits (Ray's processes are not the driver's memory)."""
+    t0, peak = time.perf_counter(), 0
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+            time.sleep(0.2)
+    return proc.returncode, time.perf_counter() - t0, peak
+
+
+def _run_scale(args) -> int:
+    """`rlaif-ray label` as users run it, on --pairs pairs (both orders), once per API path, each on a fresh
+    store and fresh fake counters; then the same command again on the finished store (the resume)."""
+    n = args.pairs or (2_000 if args.quick else 20_000)
+    args.latency, args.jitter, args.rpm = 0.0, 0.0, 0.0  # answers at once, no limit: our own ceiling
+    url, work, fake = _serve_fake(args, "bench-label-scale-")
+    pairs = work / "pairs.jsonl"
+    with pairs.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"prompt": f"Question {i}: explain item {i}.", "response_a": f"Answer {i} (first style).",
+                                 "response_b": f"Answer {i} (second style)."}) + "\n")
+    paths = []
+    try:
+        _control(url, {"batch_latency_s": 1.0})
+        for path, kind in (("messages", "anthropic"), ("batches", "anthropic-batch")):
+            _control(url, {"reset": True})
+            run_dir = work / path
+            cmd = [sys.executable, "-m", "rlaif_ray.cli", "label", f"input={pairs}", f"run_dir={run_dir}",
+                   f"pool.judge.kind={kind}", "pool.judge.model=fake-judge", f"pool.judge.base_url={url}",
+                   f"pool.num_actors={args.actors}", "pool.max_in_flight=128", "pool.shard_size=256",
+                   "pool.rate_limit.requests_per_min=0", "pool.judge.batch_poll_s=0.5"]
+            rc, wall, rss = _driver(cmd, work / f"{path}.log")
+            summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+            rc2, resume_s, resume_rss = _driver(cmd, work / f"{path}-resume.log")
+            stats = _stats(url)
+            again = json.loads((run_dir / "summary.json").read_text())
+            paths.append({
+                "path": path, "pairs": n, "calls": summary.get("calls_total"), "exit_code": rc,
+                "calls_per_s": summary.get("calls_per_s"), "wall_s": round(wall, 2), "judge_s": summary.get("judge_s"),
+                "driver_peak_rss_bytes": rss, "resume_s": round(resume_s, 2), "resume_exit_code": rc2,
+                "resume_peak_rss_bytes": resume_rss, "consolidate_s": summary.get("consolidate_s"),
+                "store_bytes": sum(f.stat().st_size for f in (run_dir / "labels").iterdir()),
+                "lost": again.get("unlabeled"), "repaid": stats["repaid"], "billable": stats["billable"]})
+    finally:
+        fake.terminate()
+        fake.wait(10)
+    result = {"paths": paths, "pairs": n, "actors": args.actors, "quick": bool(args.quick)}
+    keys = ("calls", "calls_per_s", "wall_s", "driver_peak_rss_bytes", "resume_s", "consolidate_s", "store_bytes",
+            "lost", "repaid")
+    print(f"{'metric':<26}" + "".join(f"{p['path']:>16}" for p in paths))
+    for k in keys:
+        print(f"{k:<26}" + "".join(f"{p[k]!s:>16}" for p in paths))
+    _write(args, result)
+    ok = all(p["lost"] == 0 and p["repaid"] == 0 and p["exit_code"] == 0 for p in paths)
+    print("0 lost, 0 re-paid: " + ("met" if ok else "NOT met"))
     return 0

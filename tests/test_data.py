@@ -10,9 +10,11 @@ from rlaif_ray.data import (
     PairRecord,
     PreferenceRecord,
     PromptRecord,
+    RowWriter,
     check_row,
     content_id,
     detect_kind,
+    iter_chunks,
     iter_rows,
     read_pairs,
     read_preferences,
@@ -203,3 +205,19 @@ def test_deterministic_split():
     assert split_by_id(records, 0.0)[1] == []
     with pytest.raises(ValueError, match="val_fraction"):
         split_by_id(records, 1.0)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_chunks_in_and_rows_out_stream(tmp_path, suffix):
+    """`label` reads its pairs chunk by chunk and appends each chunk's rows: the same rows, in order, as one
+    read and one write; the output appears only when closed."""
+    rows = [{"prompt": f"q{i}", "response_a": f"a{i}", "response_b": f"b{i}"} for i in range(23)]
+    src = write_rows(tmp_path / f"pairs{suffix}", rows)
+    chunks = list(iter_chunks(src, "pairs", 5, limit=22))
+    assert [len(c) for c in chunks] == [5, 5, 5, 5, 2] and chunks[-1][-1].prompt == "q21"
+    out = RowWriter(tmp_path / f"out{suffix}")
+    for c in chunks:
+        out.write([{"id": p.id, "prompt": p.prompt} for p in c])
+    assert not out.path.exists()
+    out.close()
+    assert [r["prompt"] for _, r in iter_rows(out.path)] == [f"q{i}" for i in range(22)]

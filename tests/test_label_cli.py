@@ -77,7 +77,9 @@ def test_driver_killed_mid_run_resumes_without_loss_or_repay(tmp_path, fake):
     n = 150
     _pairs(tmp_path / "pairs.jsonl", n)
     fake.latency_s = 0.3
-    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=16"]
+    # 4 chunks: the stop lands in the first, the later ones are written from the store, the resume crosses all
+    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=16",
+            "chunk_pairs=40"]
     proc = _label(tmp_path, fake, *opts)
     _wait(lambda: _stored(tmp_path / "run") >= 40 or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)  # the driver drains: calls in flight finish and are stored
@@ -105,7 +107,8 @@ def test_driver_sigkilled_leaves_no_process_and_no_delivered_answer_is_bought_ag
     n = 48
     _pairs(tmp_path / "pairs.jsonl", n)
     fake.latency_s = 3.0  # calls are still in flight when Ray stops the dead driver's actors
-    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=16"]
+    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=16",
+            "chunk_pairs=20"]
     proc = _label(tmp_path, fake, *opts)
     _wait(lambda: _stored(tmp_path / "run") >= 8 or proc.poll() is not None)
     family = descendants(proc.pid)  # Ray's head processes, agents, workers, our actors
@@ -139,7 +142,8 @@ def test_dry_run_sends_nothing_and_a_spend_budget_stops_before_it_is_crossed(tmp
     n = 30
     _pairs(tmp_path / "pairs.jsonl", n)
     fake.latency_s = 0.05
-    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=8"]
+    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=8",
+            "chunk_pairs=7"]  # 5 chunks: the estimate and the budget count across them
     assert _label(tmp_path, fake, *opts, "--dry-run").wait(120) == 0
     estimate = json.loads((tmp_path / "run" / "dry_run.json").read_text())
     assert fake.stats()["requests"] == {} and estimate["calls"] == 2 * n  # nothing was sent

@@ -30,6 +30,8 @@ class LabelJob:
     output: str = field_("", "preference dataset to write (default: <run_dir>/preferences.jsonl)")
     run_dir: str = field_("runs/label", "label store, metrics and effective config go here")
     max_examples: int | None = field_(None, "label at most this many pairs", ge=1)
+    chunk_pairs: int = field_(50_000, "pairs read, judged and written at a time: the driver's memory holds one "
+                              "chunk's pairs and rows, whatever the input's size", ge=1)
     pool: FeedbackPoolConfig = field_(FeedbackPoolConfig(), "the AI-feedback labeling pool")
     gold: GoldConfig = field_(GoldConfig(), "optional gold: the summary reports the labels' agreement with it")
     ray: RayConfig = field_(RayConfig(), "Ray cluster")

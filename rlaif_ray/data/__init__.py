@@ -1,6 +1,8 @@
 """Schemas, streaming IO, validation and splits for prompts, pairs and preferences. Never calls models."""
 
 from .io import (
+    RowWriter,
+    iter_chunks,
     iter_rows,
     read_pairs,
     read_preferences,
@@ -26,6 +28,6 @@ from .schemas import (
     text_of,
 )
 
-__all__ = ["DataError", "PairRecord", "PreferenceRecord", "PromptRecord", "SFTRecord", "Text", "check_row", "content_id",
-           "detect_kind", "iter_rows", "read_pairs", "read_preferences", "read_prompts", "read_records", "read_sft",
+__all__ = ["DataError", "PairRecord", "PreferenceRecord", "PromptRecord", "RowWriter", "SFTRecord", "Text", "check_row",
+           "content_id", "detect_kind", "iter_chunks", "iter_rows", "read_pairs", "read_preferences", "read_prompts", "read_records", "read_sft",
            "split_by_id", "split_side", "text_of", "to_hf_dataset", "to_trl_rows", "write_rows"]

@@ -63,15 +63,27 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield n, row
 
 
+def iter_chunks(path: str | Path, kind: str, size: int, limit: int | None = None) -> Iterator[list]:
+    """Lists of at most `size` parsed records of `path` ('prompts' | 'pairs' | 'preferences' | 'sft'), in file
+    order, the first `limit` at most: memory holds one chunk. The first bad row raises."""
+    parse, chunk, seen = PARSERS[kind], [], 0
+    if limit is not None and limit <= 0:
+        return
+    for n, row in iter_rows(path):  # rows after the limit are never read
+        chunk.append(parse(row, str(path), n))
+        seen += 1
+        if len(chunk) == size or seen == limit:
+            yield chunk
+            chunk = []
+        if seen == limit:
+            return
+    if chunk:
+        yield chunk
+
+
 def read_records(path: str | Path, kind: str, limit: int | None = None) -> list:
     """Parse every row of `path` as `kind` ('prompts' | 'pairs' | 'preferences'); first error raises."""
-    parse = PARSERS[kind]
-    out = []
-    for n, row in iter_rows(path):
-        out.append(parse(row, str(path), n))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
+    return [r for chunk in iter_chunks(path, kind, 1 << 16, limit) for r in chunk]
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:
@@ -90,27 +102,58 @@ def read_sft(path: str | Path, limit: int | None = None) -> list:
     return read_records(path, "sft", limit)
 
 
-def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write rows as JSONL or Parquet (by suffix), atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
+class RowWriter:
+    """Rows appended chunk by chunk as JSONL or Parquet (by suffix), written to `<path>.tmp` and moved into
+    place by `close()`: a reader never sees half a file, and memory holds one chunk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.parquet = self.path.suffix == ".parquet"
+        self._fh: Any = None if self.parquet else self.tmp.open("w", encoding="utf-8")
+        self._pq: Any = None
+        self.rows = 0
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
+        self.rows += len(rows)
+        if not self.parquet:
+            self._fh.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            return
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if not rows:
+            return
         try:
-            table = pa.Table.from_pylist(list(rows))
+            table = pa.Table.from_pylist(rows, schema=self._pq.schema if self._pq else None)
         except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
-            raise ValueError(f"{path}: these rows cannot share one Parquet schema (a column mixing plain "
+            raise ValueError(f"{self.path}: these rows cannot share one Parquet schema (a column mixing plain "
                              f"text and message lists?): {e}. Write JSONL, or make the rows uniform.") from None
-        pq.write_table(table, tmp)
-    else:
-        with tmp.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+        if self._pq is None:
+            self._pq = pq.ParquetWriter(self.tmp, table.schema)
+        self._pq.write_table(table)
+
+    def close(self) -> Path:
+        if self._fh is not None:
+            self._fh.close()
+        elif self._pq is not None:
+            self._pq.close()
+        else:  # a Parquet file with no rows
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({}), self.tmp)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write rows as JSONL or Parquet (by suffix), atomically: a reader never sees half a file."""
+    w = RowWriter(path)
+    w.write(rows)
+    return w.close()
 
 
 def split_side(record_id: str, val_fraction: float = 0.1, seed: int = 0) -> str:

@@ -8,6 +8,7 @@ A pointwise label (each response scored alone) shows no order: one order, and no
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
@@ -58,28 +59,54 @@ def _usage_sum(records: list[dict[str, Any]]) -> dict[str, Any]:
             "cache_read_tokens": u["cache_read"], "cost_usd": round(sum(r["cost_usd"] for r in records), 8)}
 
 
+@dataclass
+class LabelStats:
+    """Consolidation counts, summed over the chunks of a streamed input."""
+
+    pairs: int = 0
+    unlabeled: int = 0
+    failed_calls: list[dict[str, Any]] = field(default_factory=list)  # the first 50
+    failed_call_count: int = 0
+    consistent: int = 0  # pairs whose two orders pick the same response
+    both_orders: int = 0
+    first_picks: float = 0.0  # verdicts picking the first-shown response (a tie counts half)
+    verdicts: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"pairs": self.pairs, "labeled": self.pairs - self.unlabeled, "unlabeled": self.unlabeled,
+                "failed_calls": self.failed_calls, "failed_call_count": self.failed_call_count,
+                "position_consistency": self.consistent / self.both_orders if self.both_orders else None,
+                "first_position_rate": self.first_picks / self.verdicts if self.verdicts else None}
+
+
 def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, config_hash: str,
-                judge: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                judge: str, stats: LabelStats | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(preference rows in TRL format + per-pair fields, stats). A pair missing any ok verdict is left
-    out and counted as unlabeled; it is never written as a preference."""
-    prefs, extras, unlabeled, failed = [], [], [], []
-    consistent, first_picks = [], []
+    out and counted as unlabeled; it is never written as a preference. `stats`: counts to add to (chunk by
+    chunk); the returned stats are its summary."""
+    st = stats if stats is not None else LabelStats()
+    prefs, extras = [], []
+    st.pairs += len(pairs)
     for p in pairs:
         recs = {o: [store.get(p.id, config_hash, o, k) for k in range(n_samples(cfg))] for o in orders(cfg)}
         flat = [r for rs in recs.values() for r in rs]
         if any(r is None or r["status"] != "ok" for r in flat):
-            unlabeled.append(p.id)
-            failed += [{"pair_id": p.id, "order": r["order"], "sample": r["sample"], "error": r["error"]}
-                       for r in flat if r is not None and r["status"] != "ok"]
+            st.unlabeled += 1
+            failed = [{"pair_id": p.id, "order": r["order"], "sample": r["sample"], "error": r["error"]}
+                      for r in flat if r is not None and r["status"] != "ok"]
+            st.failed_call_count += len(failed)
+            st.failed_calls += failed[:max(0, 50 - len(st.failed_calls))]
             continue
         p_a = mean(p_a_of(r["order"], r["p_first"]) for r in flat)
         if cfg.protocol == "pairwise":
-            first_picks += [1.0 if r["p_first"] > 0.5 else 0.0 if r["p_first"] < 0.5 else 0.5 for r in flat]
+            st.first_picks += sum(1.0 if r["p_first"] > 0.5 else 0.0 if r["p_first"] < 0.5 else 0.5 for r in flat)
+            st.verdicts += len(flat)
         by_order = {o: mean(p_a_of(o, r["p_first"]) for r in rs) for o, rs in recs.items()}
         is_consistent = None
         if len(by_order) == 2:
             is_consistent = (by_order["ab"] > 0.5) == (by_order["ba"] > 0.5) and 0.5 not in by_order.values()
-            consistent.append(is_consistent)
+            st.consistent += is_consistent
+            st.both_orders += 1
         a_wins = p_a >= 0.5
         prefs.append(PreferenceRecord(p.prompt, p.response_a if a_wins else p.response_b,
                                       p.response_b if a_wins else p.response_a, id=p.id,
@@ -100,11 +127,7 @@ def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, co
         extra.update(_usage_sum(flat))
         extras.append(extra)
     rows = [{**row, **extra} for row, extra in zip(to_trl_rows(prefs), extras, strict=True)]
-    stats = {"pairs": len(pairs), "labeled": len(rows), "unlabeled": len(unlabeled), "failed_calls": failed[:50],
-             "failed_call_count": len(failed),
-             "position_consistency": mean(consistent) if consistent else None,
-             "first_position_rate": mean(first_picks) if first_picks else None}
-    return rows, stats
+    return rows, st.summary()
 
 
 def cost_of(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -69,10 +69,11 @@ class SpendBudget:
 
 class Pending:
     def __init__(self, judge: JudgeConfig, run_dir: str, pairs: list | None = None, tasks: list | None = None,
-                 chash: str | None = None):
+                 chash: str | None = None, store: LabelStore | None = None):
+        """`store`: the run dir's store, already read (one chunk of a streamed input after another)."""
         self.judge, self.run_dir = judge, run_dir
         self.chash, self.judge_id = chash or config_hash(judge), judge_id(judge)
-        self.store = LabelStore(run_dir)
+        self.store = store or LabelStore(run_dir)
         self.store.refresh()
         self.tasks = tasks if tasks is not None else tasks_for(pairs or [], judge)
         self.todo = [t for t in self.tasks if not self.store.done(t.pair_id, self.chash, t.order, t.sample)]
