@@ -104,24 +104,14 @@ def run(cfg: DemoJob, args) -> int:
     root = Path(cfg.run_dir)
     st = Stages(root, cfg.time_budget_min * 60)
     init_ray(cfg.ray, shared={"run_dir": str(root)})
-    policy, judge = cfg.policy, cfg.judge
-    gen_sampling = dataclasses.replace(cfg.sampling, n=1)
-    eval_sampling = dataclasses.replace(cfg.sampling, n=1, temperature=0.0)
-    pool = FeedbackPoolConfig(num_actors=1, judge=judge)
+    policy = cfg.policy
     try:
-        pairs_dir = st.dir(1, "generate-pairs")
-        st.run("generate-pairs", GeneratePairsJob(
-            prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(pairs_dir), output=str(pairs_dir / "pairs.jsonl"),
-            policy=policy, instructions_b=cfg.instructions_b, max_prompts=cfg.pair_prompts, rollout=cfg.rollout,
-            sampling=gen_sampling, ray=cfg.ray), pairs_dir / "pairs.jsonl")
-
-        label_dir = st.dir(2, "label")
+        pairs = _generate_pairs(st, 1, cfg, policy)
+        label_dir = _label(st, 2, cfg, pairs, cfg.judge)
         prefs = label_dir / "preferences.jsonl"
-        st.run("label", LabelJob(input=str(pairs_dir / "pairs.jsonl"), run_dir=str(label_dir), output=str(prefs),
-                                 pool=pool, gold=cfg.gold, ray=cfg.ray), label_dir / "summary.json")
 
         rm_dir = st.dir(3, "train-rm")
-        gold_heldout = write_gold_heldout(cfg, pairs_dir / "pairs.jsonl", prefs, rm_dir / "gold_heldout.jsonl")
+        gold_heldout = write_gold_heldout(cfg, pairs, prefs, rm_dir / "gold_heldout.jsonl")
         st.run("train-rm", TrainRMJob(train=str(prefs), human_eval=gold_heldout, run_dir=str(rm_dir), model=policy,
                                       learner=cfg.rm_learner, epochs=cfg.rm_epochs, val_fraction=cfg.rm_val_fraction,
                                       ray=cfg.ray), rm_dir / "final" / "config.json")
@@ -134,17 +124,8 @@ def run(cfg: DemoJob, args) -> int:
             sampling=dataclasses.replace(cfg.sampling, n=1), learner=cfg.learner, sync=cfg.sync,
             gold=GoldConfig(score_function=cfg.gold.score_function), ray=cfg.ray), ppo_dir / "final" / "config.json")
 
-        dpo_dir = st.dir(5, "train-dpo")
-        stage = dataclasses.replace(cfg.dpo, data=str(prefs))
-        st.run("train-dpo", TrainDPOJob(run_dir=str(dpo_dir), model=policy, stages=[stage], learner=cfg.learner,
-                                        ray=cfg.ray), dpo_dir / "final" / "config.json")
-
-        eval_dir = st.dir(6, "eval")
-        st.run("eval", EvalJob(
-            prompts=str(DEMO_PROMPTS / "heldout.jsonl"), run_dir=str(eval_dir), max_prompts=cfg.eval_prompts,
-            policies={"start": policy.path, "ppo": str(ppo_dir / "final"), "dpo": str(dpo_dir / "final")},
-            baseline="start", kl_reference="start", dtype=policy.dtype, pool=pool, gold=cfg.gold,
-            rollout=cfg.rollout, sampling=eval_sampling, seed=cfg.seed, ray=cfg.ray), eval_dir / "results.json")
+        dpo = _dpo(st, 5, cfg, policy, prefs)
+        eval_dir = _eval(st, 6, cfg, {"start": policy.path, "ppo": str(ppo_dir / "final"), "dpo": dpo})
     except StageFailed as e:
         log.error("%s", e)
         return 1
@@ -166,14 +147,14 @@ def run_cai(cfg: DemoJob) -> int:
     st = Stages(root, cfg.time_budget_min * 60)
     init_ray(cfg.ray, shared={"run_dir": str(root)})
     policy = cfg.policy
-    gen_sampling = dataclasses.replace(cfg.sampling, n=1)
     critic = dataclasses.replace(cfg.judge, temperature=0.0)  # the judge's model writes critiques and revisions
     labeler = dataclasses.replace(cfg.judge, constitution=cfg.constitution, principles_per_pair=1)
     try:
         cr_dir = st.dir(1, "critique-revise")
         st.run("critique-revise", CritiqueReviseJob(
             prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(cr_dir), max_prompts=cfg.cai_prompts,
-            policy=policy, instructions=cfg.cai_instructions, rollout=cfg.rollout, sampling=gen_sampling,
+            policy=policy, instructions=cfg.cai_instructions, rollout=cfg.rollout,
+            sampling=dataclasses.replace(cfg.sampling, n=1),
             constitution=cfg.constitution, critic=FeedbackPoolConfig(num_actors=1, judge=critic),
             critique_tokens=48, revision_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed, ray=cfg.ray),
             cr_dir / "sft.jsonl")
@@ -184,30 +165,10 @@ def run_cai(cfg: DemoJob) -> int:
                sft_dir / "final" / "config.json")
         sft_policy = dataclasses.replace(policy, path=str(sft_dir / "final"))
 
-        pairs_dir = st.dir(3, "generate-pairs")
-        st.run("generate-pairs", GeneratePairsJob(
-            prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(pairs_dir), output=str(pairs_dir / "pairs.jsonl"),
-            policy=sft_policy, instructions_b=cfg.instructions_b, max_prompts=cfg.pair_prompts, rollout=cfg.rollout,
-            sampling=gen_sampling, ray=cfg.ray), pairs_dir / "pairs.jsonl")
-
-        label_dir = st.dir(4, "label")
-        prefs = label_dir / "preferences.jsonl"
-        st.run("label", LabelJob(input=str(pairs_dir / "pairs.jsonl"), run_dir=str(label_dir), output=str(prefs),
-                                 pool=FeedbackPoolConfig(num_actors=1, judge=labeler), gold=cfg.gold, ray=cfg.ray),
-               label_dir / "summary.json")
-
-        dpo_dir = st.dir(5, "train-dpo")
-        stage = dataclasses.replace(cfg.dpo, data=str(prefs))
-        st.run("train-dpo", TrainDPOJob(run_dir=str(dpo_dir), model=sft_policy, stages=[stage], learner=cfg.learner,
-                                        ray=cfg.ray), dpo_dir / "final" / "config.json")
-
-        eval_dir = st.dir(6, "eval")
-        st.run("eval", EvalJob(
-            prompts=str(DEMO_PROMPTS / "heldout.jsonl"), run_dir=str(eval_dir), max_prompts=cfg.eval_prompts,
-            policies={"start": policy.path, "sft": sft_policy.path, "dpo": str(dpo_dir / "final")},
-            baseline="start", kl_reference="start", dtype=policy.dtype, pool=FeedbackPoolConfig(num_actors=1, judge=cfg.judge),
-            gold=cfg.gold, rollout=cfg.rollout, sampling=dataclasses.replace(cfg.sampling, n=1, temperature=0.0),
-            seed=cfg.seed, ray=cfg.ray), eval_dir / "results.json")
+        pairs = _generate_pairs(st, 3, cfg, sft_policy)
+        label_dir = _label(st, 4, cfg, pairs, labeler)
+        dpo = _dpo(st, 5, cfg, sft_policy, label_dir / "preferences.jsonl")
+        eval_dir = _eval(st, 6, cfg, {"start": policy.path, "sft": sft_policy.path, "dpo": dpo})
     except StageFailed as e:
         log.error("%s", e)
         return 1
@@ -216,6 +177,45 @@ def run_cai(cfg: DemoJob) -> int:
     (root / "summary.txt").write_text(table + "\n")
     print("\n" + table)
     return 0
+
+
+def _generate_pairs(st: Stages, step: int, cfg: DemoJob, policy) -> Path:
+    """Pairs from `policy`: a plain answer and one under an `instructions_b` instruction per prompt."""
+    d = st.dir(step, "generate-pairs")
+    st.run("generate-pairs", GeneratePairsJob(
+        prompts=str(DEMO_PROMPTS / "train.jsonl"), run_dir=str(d), output=str(d / "pairs.jsonl"), policy=policy,
+        instructions_b=cfg.instructions_b, max_prompts=cfg.pair_prompts, rollout=cfg.rollout,
+        sampling=dataclasses.replace(cfg.sampling, n=1), ray=cfg.ray), d / "pairs.jsonl")
+    return d / "pairs.jsonl"
+
+
+def _label(st: Stages, step: int, cfg: DemoJob, pairs: Path, judge) -> Path:
+    """AI labels of `pairs` by `judge` (one pool actor), their agreement with the gold in the summary."""
+    d = st.dir(step, "label")
+    st.run("label", LabelJob(input=str(pairs), run_dir=str(d), output=str(d / "preferences.jsonl"),
+                             pool=FeedbackPoolConfig(num_actors=1, judge=judge), gold=cfg.gold, ray=cfg.ray),
+           d / "summary.json")
+    return d
+
+
+def _dpo(st: Stages, step: int, cfg: DemoJob, model, prefs: Path) -> str:
+    """DPO from `model` on the AI preferences; the final checkpoint's path."""
+    d = st.dir(step, "train-dpo")
+    st.run("train-dpo", TrainDPOJob(run_dir=str(d), model=model, stages=[dataclasses.replace(cfg.dpo, data=str(prefs))],
+                                    learner=cfg.learner, ray=cfg.ray), d / "final" / "config.json")
+    return str(d / "final")
+
+
+def _eval(st: Stages, step: int, cfg: DemoJob, policies: dict[str, str]) -> Path:
+    """Every policy against the start on the held-out prompts (greedy), by the judge and by the gold."""
+    d = st.dir(step, "eval")
+    st.run("eval", EvalJob(
+        prompts=str(DEMO_PROMPTS / "heldout.jsonl"), run_dir=str(d), max_prompts=cfg.eval_prompts, policies=policies,
+        baseline="start", kl_reference="start", dtype=cfg.policy.dtype,
+        pool=FeedbackPoolConfig(num_actors=1, judge=cfg.judge), gold=cfg.gold, rollout=cfg.rollout,
+        sampling=dataclasses.replace(cfg.sampling, n=1, temperature=0.0), seed=cfg.seed, ray=cfg.ray),
+        d / "results.json")
+    return d
 
 
 def revision_gain(cfg: DemoJob, sft_path: Path) -> tuple[float | None, int]:
