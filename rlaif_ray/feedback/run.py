@@ -3,7 +3,7 @@
     pending = Pending(pool_cfg.judge, run_dir, pairs)       # every call the pairs need, and those not stored
     pending = Pending(judge, run_dir, tasks=write_tasks, chash=writer_hash(judge))  # or any calls
     summary = pending.run(pool_cfg, ray_cfg, interruptible=True)   # the Message Batches API or a FeedbackPool
-    pending.store, pending.run_cost(), pending.interrupted, pending.nodes
+    pending.store, pending.interrupted, pending.nodes
 
 Everything a call returns lands in `<run_dir>/labels/` before it is counted, so a re-run (after a crash, a
 signal or a failed call) pays only for what is missing. With `interruptible`, SIGTERM/SIGINT stop
@@ -77,7 +77,6 @@ class Pending:
         self.store.refresh()
         self.tasks = tasks if tasks is not None else tasks_for(pairs or [], judge)
         self.todo = [t for t in self.tasks if not self.store.done(t.pair_id, self.chash, t.order, t.sample)]
-        self._before = self._billed()
         self.interrupted, self.nodes = False, []
         log.info("%d judge calls, %d already stored, %d to run (judge %s, config %s)", len(self.tasks),
                  len(self.tasks) - len(self.todo), len(self.todo), self.judge_id, self.chash)
@@ -129,15 +128,3 @@ class Pending:
         finally:
             if owned:
                 pool.shutdown()
-
-    def _billed(self) -> dict[str, Any]:
-        from .labels import cost_of
-
-        return cost_of(self.store.ledger(self.chash, cut_off=False))
-
-    def run_cost(self) -> dict[str, Any]:
-        """Tokens, dollars and calls of what this run stored (failed calls it stored included): the store's
-        ledger now, less the ledger when this object listed the store."""
-        now = self._billed()
-        return {k: (round(v - self._before[k], 8) if isinstance(v, float) else v - self._before[k])
-                for k, v in now.items()}

@@ -222,11 +222,6 @@ class LabelStore:
             fh = self._readers[shard] = self._shards[shard].open("rb")
         return json.loads(os.pread(fh.fileno(), length, offset))
 
-    def close(self) -> None:
-        for fh in self._readers.values():
-            fh.close()
-        self._readers.clear()
-
 
 USAGE = ("input", "output", "cache_write", "cache_read")
 READ_BLOCK = 8 << 20  # bytes of a shard read at a time
