@@ -202,6 +202,58 @@ def test_pointwise_batches_join_two_score_requests_into_one_label(fake, tmp_path
     assert fake.stats()["billable"] == 2 * len(PAIRS) and row["cost_usd"] > 0
 
 
+@pytest.mark.parametrize("cot", [False, True])
+def test_claude_structured_verdicts_and_the_text_fallback(fake, cot):
+    tasks = [Task(f"p{i}", "q", f"resp {i}", f"other {i}") for i in range(6)]
+    expected = [p_first(t.first, t.second) >= 0.5 for t in tasks]
+    verdicts = _many(_judge(fake, "anthropic", constrain="json_schema", cot=cot), tasks)
+    assert [v.p_first == 1.0 for v in verdicts] == expected
+    assert all(v.answer_format == "json_schema" and json.loads(v.raw)["answer"] in "AB" for v in verdicts)
+    assert all((v.rationale == "The fake judge compared the responses.") == cot for v in verdicts)
+    scored = _run(_judge(fake, "anthropic", constrain="json_schema").score("q", "resp 1"))
+    assert scored.score == score_of("resp 1") and scored.answer_format == "json_schema"
+    # A model without structured outputs refuses the schema (400, unbilled): the text verdict, recorded so.
+    billed = fake.stats()["billable"]
+    fake.structured_outputs = False
+    verdicts = _many(_judge(fake, "anthropic", constrain="json_schema", cot=cot), tasks)
+    assert [v.p_first == 1.0 for v in verdicts] == expected and all(v.answer_format == "none" for v in verdicts)
+    assert fake.stats()["billable"] - billed == len(tasks) and fake.stats()["repaid"] == 0
+
+
+def test_batches_stream_chunks_through_a_window_of_batches_in_flight(fake, tmp_path):
+    from rlaif_ray.feedback.batch import run_batches
+    from rlaif_ray.feedback.cost import prices_of
+
+    cfg = JudgeConfig(kind="anthropic-batch", model="fake-judge", base_url=fake.base_url, batch_poll_s=0.05,
+                      batch_max_requests=5, batch_max_in_flight=2, cache_ttl="1h", constrain="json_schema")
+    pairs = [PairRecord(prompt=f"q{i}", response_a=f"answer a{i}", response_b=f"answer b{i}") for i in range(12)]
+    fake.faults = [{"kind": "batch_expired", "fraction": 0.25, "endpoint": "batch"}]
+    passes = []
+
+    def chunks():  # the input read again for each round, 3 pairs a chunk: batches span chunks
+        passes.append(1)
+        return (tasks_for(pairs[i:i + 3], cfg) for i in range(0, len(pairs), 3))
+
+    store = LabelStore(tmp_path)
+    summary = run_batches(cfg, FAST_RETRY, str(tmp_path), "h", store, chunks)
+    store.refresh()
+    rows, stats = consolidate(pairs, store, cfg, "h", "anthropic:fake-judge")
+    assert stats["unlabeled"] == 0 and summary["ok"] == 24 and summary["calls_submitted"] == 24
+    # 24 calls in batches of <= 5 (a pair's two orders may split; both stay whole calls), never more than 2
+    # running; the expired quarter went out again in a second round and a third pass found nothing left.
+    assert summary["max_batches_in_flight"] == 2 and summary["rounds"] == 2 and len(passes) == 3
+    assert summary["failed"] == fake.stats()["batch_requests"] - 24 > 0
+    state = json.loads((tmp_path / "batches.json").read_text())
+    assert len(state) == summary["batches_submitted"] == len(list((tmp_path / "batches").iterdir()))
+    assert all(e["collected"] and "tasks" not in e for e in state)  # the maps live in files, written once
+    assert fake.stats()["repaid"] == 0 and fake.stats()["batch_duplicates"] == 0
+    sent = next(iter(fake.batches.values()))["requests"][0]["params"]["system"][0]
+    assert sent["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert prices_of(cfg)["cache_write"] == 2 * prices_of(cfg)["input"]
+    for pair, row in zip(pairs, rows, strict=True):  # structured verdicts, read from their JSON
+        assert row["p_a"] == (p_first(pair.response_a, pair.response_b) >= 0.5) and row["answer_format"] == "json_schema"
+
+
 FAULTS = [
     {"kind": "429", "retry_after": 3600},  # capped by retry_after_cap_s
     {"kind": "529"}, {"kind": "500"}, {"kind": "slow", "delay": 0.3},

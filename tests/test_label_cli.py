@@ -73,15 +73,14 @@ def _assert_key_never_written(tmp_path):
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_run_resumes_without_loss_or_repay(tmp_path, fake):
-    n = 150
+def test_driver_killed_mid_run_at_scale_resumes_without_loss_or_repay(tmp_path, fake):
+    n = 20_000  # 40,000 calls, answered at once
     _pairs(tmp_path / "pairs.jsonl", n)
-    fake.latency_s = 0.3
     # 4 chunks: the stop lands in the first, the later ones are written from the store, the resume crosses all
-    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=4", "pool.shard_size=16",
-            "chunk_pairs=40"]
+    opts = ["pool.judge.kind=anthropic", "pool.num_actors=2", "pool.max_in_flight=64", "pool.shard_size=256",
+            "pool.rate_limit.requests_per_min=0", "chunk_pairs=5000"]
     proc = _label(tmp_path, fake, *opts)
-    _wait(lambda: _stored(tmp_path / "run") >= 40 or proc.poll() is not None)
+    _wait(lambda: _stored(tmp_path / "run") >= 4000 or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)  # the driver drains: calls in flight finish and are stored
     assert proc.wait(120) == 130
     first = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -110,14 +110,19 @@ def run(cfg: LabelJob, args) -> int:
     interrupted = budget_stopped = False
     judge_s = consolidate_s = 0.0  # in the pool (or batches), and reading verdicts back + writing rows
     gold_p_a, gold = [], []
+    batched = jcfg.kind == "anthropic-batch"
     t0 = time.perf_counter()
     try:
+        if batched:  # every chunk's calls go out first, so that several batches run at once
+            t = time.perf_counter()
+            pool_summary = _judge_by_batches(cfg, run_dir, store, chash)
+            judge_s, calls_to_run = time.perf_counter() - t, pool_summary.get("calls_submitted", 0)
         for i, pairs in enumerate(chunks):
             pending = Pending(jcfg, str(run_dir), pairs, store=store)
             calls_total += len(pending.tasks)
-            if pending.todo and not (interrupted or budget_stopped):  # later chunks are written from the store
+            if pending.todo and not (batched or interrupted or budget_stopped):  # else written from the store
                 calls_to_run += len(pending.todo)
-                if pool is None and jcfg.kind != "anthropic-batch":
+                if pool is None:
                     pool = _start_pool(cfg, run_dir, chash)
                 t = time.perf_counter()
                 s = pending.run(cfg.pool, cfg.ray, interruptible=True, desc=f"labeling, chunk {i + 1}", pool=pool)
@@ -167,6 +172,27 @@ def run(cfg: LabelJob, args) -> int:
               f"{totals['pairs']} pairs labeled; re-run with a higher budget to go on")
         return 3
     return 0 if totals["unlabeled"] == 0 else 1
+
+
+def _judge_by_batches(cfg: LabelJob, run_dir: Path, store, chash: str) -> dict:
+    """Every call the input still needs through the Message Batches API, the input streamed chunk by chunk
+    into batches (`pool.judge.batch_max_in_flight` at once), once per retry round."""
+    from ..data import iter_chunks
+    from ..feedback.batch import run_batches
+    from ..feedback.labels import tasks_for
+    from ..feedback.run import Progress
+
+    def chunks():
+        for pairs in iter_chunks(cfg.input, "pairs", cfg.chunk_pairs, cfg.max_examples):
+            yield tasks_for(pairs, cfg.pool.judge)
+
+    already = int(store.totals.get(chash, {}).get("ok", 0))
+    progress = Progress(None, store, chash, already, "labeling (message batches)")
+    try:
+        return run_batches(cfg.pool.judge, cfg.pool.retry, str(run_dir), chash, store, chunks, progress)
+    finally:
+        progress.close()
+        store.refresh()
 
 
 def _start_pool(cfg: LabelJob, run_dir: Path, chash: str):

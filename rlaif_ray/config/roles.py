@@ -104,18 +104,29 @@ class JudgeConfig:
     reask: int = field_(2, "re-ask an answer that holds no verdict (prose, empty, cut off) up to this many "
                         "times in the same run, with a stricter format reminder; each re-ask is billed", ge=0)
     prompt_caching: bool = field_(True, "mark the rubric system prefix for Anthropic prompt caching")
+    cache_ttl: Literal["5m", "1h"] = field_("5m", "lifetime of the cached rubric prefix: '1h' for batches "
+                                            "and slow runs, whose calls may be minutes apart (a 1-hour cache "
+                                            "write bills 2x input, a 5-minute one 1.25x)")
     price_per_mtok: dict[str, float] | None = field_(
         None, "USD per million tokens by kind (input, output, cache_write, cache_read; batches cost half). "
         "None: Claude Sonnet's list prices for kind=anthropic/anthropic-batch, 0 for the rest (a local "
         "server is free; set this for a paid OpenAI-compatible API)")
     constrain: Literal["auto", "choice", "json_schema", "none"] = field_(
-        "auto", "kind=openai without CoT: constrain the answer to the verdict letter or score. 'choice': "
-        "vLLM structured outputs; 'json_schema': response_format JSON schema (OpenAI, Ollama /v1, vLLM); "
-        "'auto': probe once per actor, most specific first, and use what the server obeys")
+        "auto", "structured verdicts. kind=openai without CoT: constrain the answer to the verdict letter or "
+        "score. 'choice': vLLM structured outputs; 'json_schema': response_format JSON schema (OpenAI, Ollama "
+        "/v1, vLLM); 'auto': probe once per actor, most specific first, and use what the server obeys. "
+        "kind=anthropic/anthropic-batch: 'json_schema' asks Claude's structured output ({\"answer\"}, after a "
+        "\"rationale\" with CoT; a model that refuses it falls back to the text verdict, Messages path); 'auto' "
+        "and 'none': the text verdict line (Claude follows it, and JSON costs ~5 more output tokens a call). "
+        "The text parser reads any answer that is not JSON; each label records its answer_format")
     batch_poll_s: float = field_(10.0, "poll interval of the Message Batches API", gt=0)
     batch_max_requests: int = field_(100_000, "max requests per Message Batch (API limit)", ge=1, le=100_000)
+    batch_max_in_flight: int = field_(4, "Message Batches submitted and not yet collected at once; when the "
+                                      "window is full, the next batch waits for one to end", ge=1)
 
     def validate(self) -> None:
+        if self.constrain == "choice" and self.kind in ("anthropic", "anthropic-batch"):
+            raise ConfigError("constrain: 'choice' is vLLM's; Claude takes json_schema (structured output) or none")
         if self.scale == "yes_no" and self.kind in ("anthropic", "anthropic-batch"):
             raise ConfigError("scale: yes_no reads logp(Yes) - logp(No) and Claude returns no logprobs; "
                               "use scale=ten (a parsed 1-10 score)")
@@ -173,6 +184,11 @@ class FeedbackPoolConfig:
         None, "spend budget of a label run_dir for this judge config, earlier runs included: a call is sent only "
         "while what is spent plus the calls in flight (priced as the mean stored call) stays within it; the "
         "run then ends cleanly (exit 3) and resumes with a higher budget. Messages path only", ge=0)
+
+    def validate(self) -> None:
+        if self.max_cost_usd is not None and self.judge.kind == "anthropic-batch":
+            raise ConfigError("max_cost_usd: not supported with judge.kind=anthropic-batch yet (a batch is priced "
+                              "only when it ends); use kind=anthropic or leave it unset")
 
 
 @dataclass

@@ -14,7 +14,11 @@ def prices_of(cfg: JudgeConfig) -> dict[str, float]:
     """The judge's price table: its own, else Claude's list prices for Anthropic kinds and 0 for the rest."""
     if cfg.price_per_mtok is not None:
         return cfg.price_per_mtok
-    return CLAUDE_PRICES if cfg.kind in ("anthropic", "anthropic-batch") else dict.fromkeys(CLAUDE_PRICES, 0.0)
+    if cfg.kind not in ("anthropic", "anthropic-batch"):
+        return dict.fromkeys(CLAUDE_PRICES, 0.0)
+    if cfg.cache_ttl == "1h":  # a 1-hour cache write bills 2x the input price, a 5-minute one 1.25x
+        return {**CLAUDE_PRICES, "cache_write": 2 * CLAUDE_PRICES["input"]}
+    return CLAUDE_PRICES
 
 
 def cost_usd(usage: Usage, price_per_mtok: dict[str, float], batch: bool = False) -> float:

@@ -137,7 +137,7 @@ class _APIJudge(Judge):
                 error = f"ParseError: {e}"
         prices = prices_of(self.cfg)
         estimated = cost_usd(lost_usage, prices)
-        fields = {"raw": text, "rationale": rationale_of(text), "usage": usage, "error": error, "reasks": reasks,
+        fields = {"raw": text, "rationale": rationale_in(text, self.answer_format), "usage": usage, "error": error, "reasks": reasks,
                   "cost_usd": cost_usd(usage, prices) + estimated, "estimated_usd": estimated,
                   "answer_format": self.answer_format}
         return value, fields, attempts
@@ -174,25 +174,36 @@ class AnthropicJudge(_APIJudge):
         if not key:
             raise RuntimeError("ANTHROPIC_API_KEY is not set: export it in the environment (never in a config)")
         self.caches_system = cfg.prompt_caching
+        self.answer_format = "json_schema" if cfg.constrain == "json_schema" else "none"
         self.client = anthropic.AsyncAnthropic(api_key=key, base_url=cfg.base_url, max_retries=0,
                                                timeout=retry.timeout_s + 5, http_client=_aiohttp_client(anthropic))
 
-    def params(self, system: str, user: str, max_tokens: int | None = None) -> dict:
+    def params(self, system: str, user: str, max_tokens: int | None = None, answers: tuple[str, ...] = ()) -> dict:
+        """The Messages request body; with `answers` and answer_format json_schema, Claude's structured output
+        ({"rationale": ..., "answer": ...} with CoT, {"answer": ...} without)."""
         block: dict[str, Any] = {"type": "text", "text": system}
         if self.cfg.prompt_caching:
-            block["cache_control"] = {"type": "ephemeral"}
+            block["cache_control"] = {"type": "ephemeral", **({"ttl": "1h"} if self.cfg.cache_ttl == "1h" else {})}
         body = {"model": self.cfg.model, "max_tokens": max_tokens or self.max_tokens, "system": [block],
                 "messages": [{"role": "user", "content": user}]}
         if self.cfg.temperature > 0:  # newer Claude models reject sampling knobs: send only when asked for
             body["temperature"] = self.cfg.temperature
+        if answers and self.answer_format == "json_schema":
+            body["output_config"] = {"format": {"type": "json_schema", "schema": answer_schema(answers, self.cfg.cot)}}
         return body
 
-    async def _request(self, system: str, user: str, _answers: tuple[str, ...], max_tokens: int):
-        params = self.params(system, user, max_tokens)
+    async def _request(self, system: str, user: str, answers: tuple[str, ...], max_tokens: int):
+        params = self.params(system, user, max_tokens, answers)
         if "temperature" in params:  # the 2.x SDK has no temperature argument; the HTTP API may accept it
             params["extra_body"] = {"temperature": params.pop("temperature")}
-        return await self._call(self.client.messages.with_raw_response.create, params,
-                                estimate_tokens(system, user))
+        try:
+            return await self._call(self.client.messages.with_raw_response.create, params,
+                                    estimate_tokens(system, user))
+        except GaveUp as e:  # a model without structured outputs refuses the schema: the text verdict, from now on
+            if "output_config" not in params or getattr(e.__cause__, "status_code", None) != 400:
+                raise
+            self.answer_format = "none"
+            return await self._request(system, user, answers, max_tokens)
 
     @staticmethod
     def _text(response) -> str:
@@ -206,10 +217,10 @@ class AnthropicJudge(_APIJudge):
                      cache_read=getattr(u, "cache_read_input_tokens", 0) or 0)
 
     def _p_first(self, response, text: str) -> float:
-        return 1.0 if parse_letter(text) == "A" else 0.0
+        return 1.0 if parse_letter(answer_in(text, self.answer_format)) == "A" else 0.0
 
     def _score(self, response, text: str) -> float:
-        return parse_score(text)
+        return parse_score(answer_in(text, self.answer_format))
 
     async def close(self) -> None:
         await self.client.close()
@@ -242,10 +253,8 @@ class OpenAIJudge(_APIJudge):
         if fmt == "choice":  # vLLM's structured outputs
             params["extra_body"] = {"structured_outputs": {"choice": list(answers)}}
         elif fmt == "json_schema":
-            schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": list(answers)}},
-                      "required": ["answer"], "additionalProperties": False}
-            params["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": "answer", "strict": True, "schema": schema}}
+            params["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "strict": True, "schema": answer_schema(answers, cot=False)}}
             params["max_tokens"] = max(params["max_tokens"], 16)  # {"answer": "A"}
         return params
 
@@ -271,7 +280,7 @@ class OpenAIJudge(_APIJudge):
                 response, _, _ = await self._call(self.client.chat.completions.with_raw_response.create, params, 8)
             except GaveUp:
                 continue
-            if _answer_of(self._text(response), fmt) in VERDICTS:
+            if answer_in(self._text(response), fmt) in VERDICTS:
                 return fmt
         return "none"
 
@@ -318,7 +327,7 @@ class OpenAIJudge(_APIJudge):
     def _p_first(self, response, text: str) -> float:
         top = self._top(response, VERDICTS, "verdict")
         if top is None:
-            return 1.0 if parse_letter(_answer_of(text, self.answer_format)) == "A" else 0.0
+            return 1.0 if parse_letter(answer_in(text, self.answer_format)) == "A" else 0.0
         return p_from_logprobs(top)
 
     def _score(self, response, text: str) -> float:
@@ -329,7 +338,7 @@ class OpenAIJudge(_APIJudge):
             return yes_no_from_logprobs(top)
         top = self._top(response, SCORES, "score")
         if top is None:
-            return parse_score(_answer_of(text, self.answer_format))
+            return parse_score(answer_in(text, self.answer_format))
         return score_from_logprobs(top)
 
     async def close(self) -> None:
@@ -343,8 +352,26 @@ def _written(_response, text: str) -> str:
     return text.strip()
 
 
-def _answer_of(text: str, fmt: str | None) -> str:
-    """The answer inside a json_schema reply ({"answer": "A"} -> "A"); other text as it is."""
+def answer_schema(answers: tuple[str, ...], cot: bool) -> dict:
+    """JSON schema of a structured verdict: {"answer": one of `answers`}, after a "rationale" with CoT."""
+    props = {"rationale": {"type": "string"}} if cot else {}
+    props["answer"] = {"type": "string", "enum": list(answers)}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def rationale_in(text: str, fmt: str | None) -> str | None:
+    """The rationale of an answer: the "rationale" of a json_schema reply, else the <rationale> tag's text."""
+    if fmt == "json_schema":
+        try:
+            return json.loads(text).get("rationale")
+        except (ValueError, AttributeError):
+            pass
+    return rationale_of(text)
+
+
+def answer_in(text: str, fmt: str | None) -> str:
+    """The answer inside a json_schema reply ({"answer": "A"} -> "A"); other text (the parser's fallback) as
+    it is."""
     if fmt == "json_schema":
         try:
             return str(json.loads(text).get("answer", text))

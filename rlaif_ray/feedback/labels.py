@@ -117,6 +117,9 @@ def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, co
         if cfg.protocol == "pointwise":  # the ab order's scores: first = a
             extra.update(scale=cfg.scale, score_a=mean(r["scores"][0] for r in flat),
                          score_b=mean(r["scores"][1] for r in flat))
+        formats = sorted({r["answer_format"] for r in flat if r.get("answer_format")})
+        if formats:  # API judges: structured (json_schema, choice) or the text verdict (none), "+" if mixed
+            extra["answer_format"] = "+".join(formats)
         if cfg.constitution:  # RL-CAI: the principles this label averages, in draw order
             extra["principles"] = list(dict.fromkeys(principle_of(cfg, p.id, k) for k in range(n_samples(cfg))))
         for o, rs in recs.items():

@@ -88,9 +88,6 @@ class Pending:
         started for this run and shut down after it."""
         if not self.todo:
             return {}
-        if pool_cfg.max_cost_usd is not None and self.judge.kind == "anthropic-batch":
-            raise ValueError("pool.max_cost_usd: not supported with pool.judge.kind=anthropic-batch yet (a batch "
-                             "is priced only when it ends); use kind=anthropic or leave it unset")
         already = int(self.store.totals.get(self.chash, {}).get("ok", 0))  # any calls of this config, these or others
         progress = Progress(len(self.todo), self.store, self.chash, already, desc)
         try:

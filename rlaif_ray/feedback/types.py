@@ -67,7 +67,7 @@ class JudgeOutput:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     error: str | None = None
-    answer_format: str | None = None  # how the answer was constrained (kind=openai): choice | json_schema | none
+    answer_format: str | None = None  # how the answer was constrained (API judges): choice | json_schema | none
     attempts: int = 1          # HTTP attempts, re-asks included
     reasks: int = 0            # calls repeated because the answer held no verdict
     estimated_usd: float = 0.0  # part of cost_usd estimated: billed attempts whose answer never arrived

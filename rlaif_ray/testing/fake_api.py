@@ -136,8 +136,9 @@ class FakeAPI:
 
     def __init__(self, api_key: str | None = None, latency_s: float = 0.0, jitter: float = 0.0,
                  requests_per_min: float = 0.0, position_bias: float = 0.0, batch_latency_s: float = 0.3,
-                 faults: list[dict] | None = None, port: int = 0, seed: int = 0):
+                 faults: list[dict] | None = None, port: int = 0, seed: int = 0, structured_outputs: bool = True):
         self.api_key, self.port = api_key, port
+        self.structured_outputs = structured_outputs  # False: a model that refuses output_config (400)
         self.latency_s, self.jitter, self.position_bias = latency_s, jitter, position_bias
         self.requests_per_min, self.batch_latency_s = requests_per_min, batch_latency_s
         self.rng = random.Random(seed)
@@ -273,8 +274,11 @@ class FakeAPI:
             first = seen["p"] >= 0.5 if not params.get("temperature") else u < seen["p"]
             answer = ("Yes" if first else "No") if seen["kind"] == "yes_no" else "A" if first else "B"
         label = {"score": "Score", "yes_no": "Answer"}.get(seen["kind"], "Verdict")
-        text = (f"<rationale>The fake judge compared the responses.</rationale>\n{label}: {answer}"
-                if seen["cot"] else answer)
+        rationale = "The fake judge compared the responses."
+        text = f"<rationale>{rationale}</rationale>\n{label}: {answer}" if seen["cot"] else answer
+        if (params.get("output_config") or {}).get("format"):  # structured output: the schema's JSON, always
+            text = json.dumps({"rationale": rationale, "answer": answer} if seen["cot"] else {"answer": answer})
+            answer_fault = answer_fault if answer_fault == "empty" else None
         text, stop = _answer_fault(text, label, answer, answer_fault, int(params.get("max_tokens", 1024)))
         return self._anthropic_reply(params, system, system_text, user, text, stop)
 
@@ -351,6 +355,9 @@ class FakeAPI:
         except json.JSONDecodeError:
             return web.json_response({"type": "error", "error": {"type": "invalid_request_error",
                                                                  "message": "body is not JSON"}}, status=400)
+        if "output_config" in body and not self.structured_outputs:
+            return self._error(400, "invalid_request_error", "output_config.format: this model does not support "
+                                                             "structured outputs")
         key = self._key(body)
         self.attempts[(endpoint, key)] += 1
         self.t0 = self.t0 or time.monotonic()
