@@ -57,8 +57,10 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration, the fastest kept "
                    "(both engines alike)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
-    p.add_argument("--in-process", action="store_true", help="vLLM engine core in the worker's process: starts "
-                   "in seconds but decodes on one thread (tests)")
+    p.add_argument("--in-process", action="store_true", help="vLLM engine core in the worker's process "
+                   "(rollout.in_process): starts in seconds, decodes on every core of the worker")
+    p.add_argument("--compile", action="store_true", help="vLLM compiles the model (torch.compile on CPU, CUDA "
+                   "graphs on GPU; rollout.enforce_eager=false): slower start-up, faster decode")
     p.add_argument("--plot", default=None, help="PNG path (default: next to --json, else bench-rollout.png)")
 
 
@@ -189,7 +191,8 @@ def sweep(args) -> list[dict]:
         max_len = max(p or 64 for p in prompt_lens) + max(new_tokens) + 16
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         base = {"max_model_len": max(256, max_len), "max_num_seqs": max(batches), "chat_template": False,
-                "kv_cache_gib": 2.0, "request_timing": True, "in_process": args.in_process}
+                "kv_cache_gib": 2.0, "request_timing": True, "in_process": args.in_process,
+                "enforce_eager": not args.compile}
         for n, k in [(n, k) for n in workers for k in tps]:
             if k > 1 and not gpus:
                 print(f"skipping --tp {k}: tensor parallel needs GPUs, this cluster has none")
@@ -246,7 +249,7 @@ def _baseline(args, rows, name, path, tok, batches, prompt_lens, new_tokens, bas
     cores = len(os.sched_getaffinity(0))
     cfg = RolloutConfig(backend="hf", num_workers=1, gpus_per_worker=1.0 if gpus else 0.0,
                         cpus_per_worker=1.0 if gpus else cores, hf_cache=trial["hf_cache"],
-                        **{k: v for k, v in base.items() if k not in ("request_timing", "in_process")})
+                        **{k: v for k, v in base.items() if k not in ("request_timing", "in_process", "enforce_eager")})
     t0 = time.perf_counter()
     pool = RolloutPool(path, cfg, seed=0, dtype=args.dtype)
     startup = time.perf_counter() - t0
