@@ -327,6 +327,42 @@ def test_store_skips_torn_lines_and_keeps_ok_final(tmp_path, monkeypatch, block)
     assert sorted(r["pair_id"] for r in store.records("h")) == ["p1", "p2", "p3"] and store.get("p9", "h", "ab", 0) is None
 
 
+def test_unlimited_shared_limiter_asks_its_actor_only_once_a_budget_is_spent():
+    from rlaif_ray.feedback.ratelimit import SharedLimiter
+
+    calls = []
+
+    class Method:
+        def __init__(self, name):
+            self.name = name
+
+        def remote(self, *args):
+            calls.append(self.name)
+            done = asyncio.get_running_loop().create_future()  # awaitable like an ObjectRef, or dropped
+            done.set_result(None)
+            return done
+
+    class Handle:
+        acquire, observe, refused = Method("acquire"), Method("observe"), Method("refused")
+
+    async def go():
+        shared = SharedLimiter(Handle(), unlimited=True)
+        for _ in range(3):
+            await shared.acquire(10, 1)
+        shared.observe({"content-type": "application/json"})  # the first answer is always told
+        shared.observe({"anthropic-ratelimit-requests-remaining": "12"})
+        await shared.acquire()
+        assert calls == ["observe", "observe"]  # no round trip per request while nothing is spent
+        shared.observe({"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": "x"})
+        await shared.acquire()
+        assert calls[-2:] == ["observe", "acquire"]
+        limited = SharedLimiter(Handle())
+        await limited.acquire()
+        assert calls[-1] == "acquire"  # a configured budget: every request draws from the actor
+
+    _run(go())
+
+
 def test_cost_and_rate_limit_headers():
     u = Usage(input=1_000_000, output=1_000_000, cache_write=1_000_000, cache_read=1_000_000)
     prices = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}

@@ -48,7 +48,9 @@ class FeedbackActor:
     async def _ready(self) -> None:
         if self.judge is None:  # built on the actor's loop: async SDK clients bind to it
             # The pool's one budget (a Ray actor) when there is one; else this actor's share of the limits.
-            self.limiter = (SharedLimiter(self.budget) if self.budget is not None
+            rl = self.cfg.rate_limit
+            unlimited = not (rl.requests_per_min or rl.input_tokens_per_min or rl.output_tokens_per_min)
+            self.limiter = (SharedLimiter(self.budget, unlimited) if self.budget is not None
                             else RateLimiter(self.cfg.rate_limit, self.share))
             self.sem = asyncio.Semaphore(self.cfg.max_in_flight)
             self.judge = make_judge(self.cfg.judge, self.cfg.retry, self.limiter)
