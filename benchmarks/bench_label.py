@@ -159,6 +159,16 @@ def _serve_fake(args, prefix: str) -> tuple[str, Path, subprocess.Popen]:
     return f"http://127.0.0.1:{port}", work, _start_fake(args, port, work / "fake.log")
 
 
+def _stop(fake: subprocess.Popen) -> None:
+    """End the fake; one holding a million batch requests can take more than a minute to exit."""
+    fake.terminate()
+    try:
+        fake.wait(30)
+    except subprocess.TimeoutExpired:
+        fake.kill()
+        fake.wait()
+
+
 def run(args) -> int:
     if args.faults == "hostile":
         return _run_hostile(args)
@@ -187,8 +197,7 @@ def run(args) -> int:
         out = _label_pass(cfg, rows[:n_pairs], work / "pool")
         stats = _stats(url)
     finally:
-        fake.terminate()
-        fake.wait(10)
+        _stop(fake)
     rate = out["summary"]["ok"] / out["seconds"]
     ceiling = args.rpm / 60.0 or None
     lost = out["lost"]
@@ -259,8 +268,7 @@ def _run_hostile(args) -> int:
                 "faults_hit": {k.removeprefix("fault-"): v for k, v in stats["requests"].items() if k.startswith("fault-")},
                 "limiter": limiter}
     finally:
-        fake.terminate()
-        fake.wait(10)
+        _stop(fake)
     b, h = passes["baseline"], passes["hostile"]
     result = {"baseline": b, "hostile": h, "wall_ratio": round(h["wall_s"] / b["wall_s"], 3), "fake_rpm": args.rpm,
               "latency_s": args.latency, "jitter": args.jitter, "actors": args.actors, "faults": HOSTILE,
@@ -333,9 +341,9 @@ def _run_scale(args) -> int:
                 "resume_peak_rss_bytes": resume_rss, "consolidate_s": summary.get("consolidate_s"),
                 "store_bytes": sum(f.stat().st_size for f in (run_dir / "labels").iterdir()),
                 "lost": again.get("unlabeled"), "repaid": stats["repaid"], "billable": stats["billable"]})
+            _write(args, {"paths": paths, "pairs": n, "actors": args.actors, "quick": bool(args.quick)})
     finally:
-        fake.terminate()
-        fake.wait(10)
+        _stop(fake)
     result = {"paths": paths, "pairs": n, "actors": args.actors, "quick": bool(args.quick)}
     keys = ("calls", "calls_per_s", "wall_s", "driver_peak_rss_bytes", "resume_s", "consolidate_s", "store_bytes",
             "lost", "repaid")

@@ -138,7 +138,7 @@ class BatchLabeler:
         """Stream one ended batch's results into the store; an item missing from them is failed, not lost."""
         todo, halves, records = self._map_of(entry), {}, []
 
-        def store(row: list, answer: Verdict | ScoreResult) -> None:
+        def keep(row: list, answer: Verdict | ScoreResult) -> None:
             _, pair_id, order, sample, part, principle = row
             if part is not None:  # a pointwise half: a verdict once both responses' scores are in
                 halves.setdefault((pair_id, order, sample), {})[part] = answer
@@ -155,9 +155,9 @@ class BatchLabeler:
         async for item in await self._api(self.judge.client.messages.batches.results, entry["id"]):
             row = todo.pop(item.custom_id, None)
             if row is not None:  # a custom_id seen twice, or not ours, is skipped
-                store(row, self._answer(item.result, row[4]))
+                keep(row, self._answer(item.result, row[4]))
         for row in list(todo.values()):
-            store(row, (Verdict if row[4] is None else ScoreResult)(None, error="missing from batch results"))
+            keep(row, (Verdict if row[4] is None else ScoreResult)(None, error="missing from batch results"))
         self._write(records)
         entry["collected"] = True
         _fsync_write(self.state_path, json.dumps(self.state))
