@@ -27,9 +27,9 @@ from ..config import JudgeConfig, RetryConfig
 from ..data import content_id
 from .constitution import task_rubric
 from .cost import cost_usd, prices_of
-from .judge_api import SCORES, VERDICTS, AnthropicJudge, answer_in, rationale_in
+from .judge_api import SCORES, VERDICTS, AnthropicJudge, rationale_in
 from .judges import judge_id, verdict_of_scores
-from .parsing import ParseError, parse_letter, parse_score
+from .parsing import ParseError
 from .prompts import pair_system, pair_user, score_system, score_user
 from .retry import GaveUp, with_retry
 from .store import LabelStore, ShardWriter, record_of
@@ -186,10 +186,10 @@ class BatchLabeler:
         answer.rationale = rationale_in(answer.raw, fmt)
         answer.cost_usd = cost_usd(answer.usage, prices_of(self.cfg), batch=True)
         try:
-            if part is None:
-                answer.p_first = 1.0 if parse_letter(answer_in(answer.raw, fmt)) == "A" else 0.0
+            if part is None:  # read as the Messages path reads it
+                answer.p_first = self.judge._p_first(msg, answer.raw)
             else:
-                answer.score = parse_score(answer_in(answer.raw, fmt))
+                answer.score = self.judge._score(msg, answer.raw)
         except ParseError as e:
             answer.error = f"ParseError: {e}"
         return answer
