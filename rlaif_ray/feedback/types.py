@@ -21,7 +21,7 @@ class Usage:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
-@dataclass
+@dataclass(slots=True)  # a million-pair input makes two million of them
 class Task:
     """One judge call: a pair shown in one order ('ab': a first, 'ba': b first), sample k."""
 
