@@ -103,7 +103,7 @@ def test_pool_actors_share_one_budget_that_learns_the_servers_limit(ray_session,
     assert shared["learned_limit"] == {"requests": 1200.0} and shared["requests_per_min"] <= 1200.0
     # Both actors drew every attempt from it (and their OpenAI constraint probes, which are not labels).
     assert shared["acquired"] >= summary["attempts"] >= 80
-    assert shared["congestion_429"] == fake.stats()["requests"]["429-rate"]
+    assert shared["congestion_429"] == fake.stats()["requests"].get("429-rate", 0)
 
 
 def test_pool_local_judge_in_actor(ray_session, tmp_path, tiny_model_dir):

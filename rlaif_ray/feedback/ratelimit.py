@@ -1,18 +1,24 @@
 """Client-side rate limiter: token buckets for requests, input tokens and output tokens per minute that
 learn the server's real limits.
 
-- Each bucket holds about one second of budget, so the pool runs at a steady rate instead of bursting into
-  429s (the Anthropic docs: limits may be enforced over short intervals, 60 RPM as 1 per second).
+- Each bucket holds 0.9 s of budget, so the pool runs at a steady rate instead of bursting into 429s (the
+  Anthropic docs: limits may be enforced over short intervals, 60 RPM as 1 per second), and a server's own
+  one-second bucket keeps a tenth of a second in reserve against requests that arrive bunched (at a full
+  second both sides ran at zero, and every early arrival was a 429 and a rate cut).
 - `observe(headers)` after every response: a server limit below the configured one (`anthropic-ratelimit-
   requests-limit`, OpenAI's `x-ratelimit-limit-requests`) replaces it; a budget the headers say is spent
   (`-remaining: 0`) holds every request until its `-reset`, so none is sent that would be refused.
 - `refused(headers)` on a 429: one that carries no rate-limit headers, or headers saying the budget is
   spent, is congestion: the rate is cut (multiplicative decrease, at most once a second) and grows back
-  linearly over `RECOVER_S` (AIMD). A 429 whose headers show budget left is not about the shared budget
+  linearly over `RECOVER_S` (AIMD). The exception is a lone spent-budget 429 (none in the `LONE_S` before
+  it): a client pacing itself at the limit meets one now and then when requests arrive bunched, and the
+  hold until the reset its headers give is enough; a second one soon after is congestion (another client
+  spending the same budget) and cuts. A 429 whose headers show budget left is not about the shared budget
   (one request's retry-after): it delays only that request (retry.py).
 
-- Slow start: with a request budget, the first request goes out alone and the rest wait for its answer
-  (`observe` or `refused`, at most `PROBE_S`), so the server's real limit is known before the first burst.
+- Slow start: with a request budget, requests trickle out at `PROBE_SCALE` of the configured rate, one at a
+  time, until the first answer (`observe` or `refused`, at most `PROBE_S`), so the server's real limit is
+  known before the first burst; a server that allows what was configured is kept busy meanwhile.
 
 One limiter serves a whole pool: `FeedbackPool` runs it as a Ray actor and every FeedbackActor, on any
 node, draws from it through `SharedLimiter`; in-process tests use a `RateLimiter` directly.
@@ -31,19 +37,22 @@ DECREASE = 0.7       # rate factor on a congestion 429
 MIN_SCALE = 0.05     # the rate never drops below this fraction of the limit
 RECOVER_S = 20.0     # seconds to grow back from MIN_SCALE to the full limit
 MAX_HOLD_S = 60.0    # cap on a reset time read from headers
-PROBE_S = 10.0       # slow start: longest the others wait for the first request's answer
+PROBE_S = 10.0       # slow start: longest it waits for the first request's answer
+PROBE_SCALE = 0.3    # slow start: the fraction of the configured request rate sent until then
+BURST_S = 0.9        # seconds of budget a bucket holds (the most sent at once)
+LONE_S = 5.0         # a spent-budget 429 this long after the last one is pacing jitter, not congestion
 _KINDS = {"requests": "requests", "input": "input-tokens", "output": "output-tokens"}
 
 
 class _Bucket:
     def __init__(self, per_min: float):
         self.limit = self.rate = per_min / 60.0
-        self.level = self.capacity = max(1.0, self.rate)
+        self.level = self.capacity = max(1.0, self.rate * BURST_S)
         self.t = time.monotonic()
 
     def set_rate(self, rate: float) -> None:
         self.deficit(0.0)  # bank what accrued at the old rate
-        self.rate, self.capacity = rate, max(1.0, rate)
+        self.rate, self.capacity = rate, max(1.0, rate * BURST_S)
         self.level = min(self.level, self.capacity)
 
     def deficit(self, amount: float) -> float:
@@ -87,20 +96,18 @@ class RateLimiter:
                         (("requests", cfg.requests_per_min), ("input", cfg.input_tokens_per_min),
                          ("output", cfg.output_tokens_per_min)) if per_min > 0}
         self.share = share
-        self.scale, self._scale_t, self._last_cut = 1.0, time.monotonic(), 0.0
+        self.scale, self._scale_t, self._last_cut, self._last_429 = 1.0, time.monotonic(), 0.0, float("-inf")
         self.blocked_until = 0.0
-        self.stats = {"acquired": 0, "congestion_429": 0, "holds": 0, "learned_limit": {}}
+        self.stats = {"acquired": 0, "congestion_429": 0, "rate_cuts": 0, "holds": 0, "learned_limit": {}}
         self._lock = asyncio.Lock()
         self._heard: asyncio.Event | None = asyncio.Event() if "requests" in self.buckets else None
+        self._probe_end: float | None = None  # slow start: its deadline, and when its next request may go
+        self._next_probe = 0.0
 
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
         async with self._lock:  # FIFO: callers are served in arrival order
-            if self._heard is not None and self.stats["acquired"] == 1:  # slow start: the first answer first
-                try:
-                    await asyncio.wait_for(self._heard.wait(), PROBE_S)
-                except TimeoutError:
-                    pass
-                self._heard = None
+            if self._heard is not None:
+                await self._slow_start()
             while True:
                 pause = self.blocked_until - time.monotonic()
                 if pause > 0:
@@ -115,6 +122,23 @@ class RateLimiter:
                     self.stats["acquired"] += 1
                     return
                 await asyncio.sleep(wait)
+
+    async def _slow_start(self) -> None:
+        """Until the first answer is heard (at most PROBE_S after the first request), one request every
+        1 / (PROBE_SCALE x rate) seconds: a limit configured too high costs a few refused requests before the
+        headers teach the real one, not a burst; a right one loses a third of the first answer's latency."""
+        now = time.monotonic()
+        if self._probe_end is None:
+            self._probe_end, self._next_probe = now + PROBE_S, now
+        if not self._heard.is_set() and self._next_probe > now:
+            try:
+                await asyncio.wait_for(self._heard.wait(), min(self._next_probe, self._probe_end) - now)
+            except TimeoutError:
+                pass
+        if self._heard.is_set() or time.monotonic() >= self._probe_end:
+            self._heard = None
+        else:
+            self._next_probe = time.monotonic() + 1.0 / (PROBE_SCALE * self.buckets["requests"].limit)
 
     def hold(self, seconds: float) -> None:
         """Send nothing for `seconds` (a budget the server says is spent until its reset)."""
@@ -157,9 +181,13 @@ class RateLimiter:
             return
         now = time.monotonic()
         self.stats["congestion_429"] += 1
+        lone, self._last_429 = now - self._last_429 > LONE_S, now
+        if rl and lone:  # pacing jitter at the limit: the hold until the reset its headers gave is the answer
+            return
         if now - self._last_cut >= 1.0:  # one cut per second: the 429s of one burst are one signal
             self._recover()
             self.scale, self._last_cut = max(MIN_SCALE, self.scale * DECREASE), now
+            self.stats["rate_cuts"] += 1
             self._apply_scale()
 
     def _recover(self) -> None:
