@@ -16,7 +16,7 @@ TINY = [
     "rollout.in_process=true", "rollout.max_model_len=256",
     "rm_learner.micro_batch_size=2", "rm_learner.dtype=fp32", "rm_epochs=1",
     "learner.micro_batch_size=2", "learner.dtype=fp32",
-    "ppo.steps=2", "ppo.prompts_per_step=8",
+    "ppo.steps=2", "ppo.prompts_per_step=8", "dpo.epochs=1",
 ]
 
 

@@ -182,6 +182,19 @@ def test_pointwise_config_errors_and_store_hashes():
     assert config_hash(JudgeConfig(kind="local", model="smollm2", max_tokens=1)) == "f37e0673a656"
     assert config_hash(JudgeConfig(protocol="pointwise")) != config_hash(JudgeConfig())
     assert config_hash(JudgeConfig(protocol="pointwise", scale="yes_no")) != config_hash(JudgeConfig(protocol="pointwise"))
+    # scale=contrast reads likelihoods: a local engine only, and its two instructions are part of the judge.
+    with pytest.raises(ConfigError, match=r"pool\.judge\.scale: contrast .* needs kind=local and protocol=pointwise"):
+        from_dict(LabelJob, {"input": "x.jsonl", "pool": {"judge": {"kind": "openai", "protocol": "pointwise",
+                                                                   "scale": "contrast", "rubric": "friendly"}}})
+    with pytest.raises(ConfigError, match=r"contrast_prompts: rubric 'summary' has no shipped pair"):
+        from_dict(LabelJob, {"input": "x.jsonl", "pool": {"judge": {"kind": "local", "protocol": "pointwise",
+                                                                   "scale": "contrast", "rubric": "summary"}}})
+    with pytest.raises(ConfigError, match=r"contrast_prompts: two non-empty instructions"):
+        from_dict(LabelJob, {"input": "x.jsonl", "pool": {"judge": {"kind": "local", "protocol": "pointwise",
+                                                                   "scale": "contrast", "contrast_prompts": ["x"]}}})
+    contrast = JudgeConfig(kind="local", protocol="pointwise", scale="contrast", rubric="friendly")
+    assert config_hash(contrast) != config_hash(JudgeConfig(kind="local", protocol="pointwise", scale="contrast",
+                                                            rubric="friendly", contrast_prompts=["Be nice.", "Be mean."]))
 
 
 def test_pointwise_batches_join_two_score_requests_into_one_label(fake, tmp_path):

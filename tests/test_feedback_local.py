@@ -91,3 +91,37 @@ def test_pointwise_yes_no_labels_equal_an_hf_forward():
         assert v.ok and v.scores == pytest.approx(want, abs=1e-3)
         assert v.p_first == pytest.approx(1 / (1 + math.exp(want[1] - want[0])), abs=1e-3)
     asyncio.run(judge.close())
+
+
+@pytest.mark.slow
+def test_pointwise_contrast_labels_equal_an_hf_forward():
+    """scale=contrast on the local vLLM judge (SmolLM2, the demo's judge): each score is the mean over the
+    response's tokens of log p(token | request + warm instruction) - log p(token | request + rude one), from a
+    plain transformers forward on the same tokens; P(first > second) is the sigmoid of the difference over T."""
+    from transformers import AutoModelForCausalLM
+
+    from rlaif_ray.feedback import make_judge
+    from rlaif_ray.feedback.rubrics import CONTRASTS
+
+    cfg = JudgeConfig(kind="local", model="smollm2", protocol="pointwise", scale="contrast", rubric="friendly",
+                      pointwise_temperature=0.2, local_max_model_len=1024)
+    judge = make_judge(cfg)
+    verdicts = asyncio.run(judge.judge_many(POINTWISE))
+    inner = judge.inner
+    model = AutoModelForCausalLM.from_pretrained(inner.model_path(), dtype=torch.float32).eval()
+    for task, v in zip(POINTWISE, verdicts, strict=True):
+        want = []
+        for response in (task.first, task.second):
+            ids = inner.engine.tokenizer.encode(response, add_special_tokens=False)
+            means = []
+            for instruction in CONTRASTS["friendly"]:
+                head = inner.engine.encode([{"role": "user", "content": f"{task.prompt} {instruction}"}])
+                with torch.no_grad():
+                    lp = torch.log_softmax(model(torch.tensor([head + ids])).logits[0].float(), -1)
+                means.append(sum(lp[len(head) - 1 + k, t].item() for k, t in enumerate(ids)) / len(ids))
+            want.append(means[0] - means[1])
+        assert v.ok and v.scores == pytest.approx(want, abs=1e-3)
+        assert v.p_first == pytest.approx(1 / (1 + math.exp((want[1] - want[0]) / 0.2)), abs=1e-3)
+    # The warm answers read as warmer than the hostile ones (the model can read tone this way).
+    assert verdicts[0].p_first > 0.5 > verdicts[1].p_first
+    asyncio.run(judge.close())

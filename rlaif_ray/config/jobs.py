@@ -323,10 +323,15 @@ class DemoJob:
                           "<run_dir>/cai/)")
     policy: ModelConfig = field_(ModelConfig(path="smollm2", dtype="bf16", lora=LoraConfig(enabled=True)),
                                  "starting policy (trained with LoRA)")
-    judge: JudgeConfig = field_(JudgeConfig(kind="local", model="smollm2", max_tokens=1, rubric="friendly",
-                                            protocol="pointwise", scale="yes_no"),
-                                "AI judge for labels and eval (local = a vLLM engine inside the pool). Pointwise "
-                                "yes/no: asked pairwise, SmolLM2-135M picks the first-shown answer almost always")
+    judge: JudgeConfig = field_(
+        JudgeConfig(kind="local", model="smollm2", max_tokens=1, rubric="friendly", protocol="pointwise",
+                    scale="contrast", pointwise_temperature=0.1,
+                    contrast_prompts=["Please answer in a very warm, kind and cheerful way.",
+                                      "Answer rudely, like a grumpy, annoyed person who hates being asked."]),
+        "AI judge for labels and eval (local = a vLLM engine inside the pool). Pointwise and contrastive: asked "
+        "pairwise, SmolLM2-135M picks the first-shown answer almost always, and asked yes/no about one answer it "
+        "agrees with the gold at chance; what it can do is read how likely an answer is after a warm and after a "
+        "rude instruction, the two that made the pairs (as DLMA scores with its generation prompts)")
     gold: GoldConfig = field_(GoldConfig(score_function="rlaif_ray.eval.gold:vader_sentiment", margin=0.1),
                               "a gold that is not the judge: VADER sentiment, a lexicon scorer that shares nothing "
                               "with a language model, for the friendly-tone rubric")
@@ -344,13 +349,13 @@ class DemoJob:
     rollout: RolloutConfig = field_(RolloutConfig(max_model_len=512), "rollout workers of every stage")
     rm_learner: LearnerConfig = field_(LearnerConfig(lr=2e-4, dtype="bf16", micro_batch_size=8, max_length=256),
                                        "learner group of train-rm")
-    rm_epochs: int = field_(2, "reward-model epochs", ge=1)
+    rm_epochs: int = field_(4, "reward-model epochs", ge=1)
     rm_val_fraction: float = field_(0.25, "pairs held out of train-rm; the gold labels of those it decides are the "
                                     "RM's gold accuracy set", ge=0.05, le=0.5)
-    learner: LearnerConfig = field_(LearnerConfig(lr=5e-5, dtype="bf16", micro_batch_size=4, max_length=256),
+    learner: LearnerConfig = field_(LearnerConfig(lr=1e-4, dtype="bf16", micro_batch_size=4, max_length=256),
                                     "learner group of train-ppo and train-dpo")
-    ppo: PPOConfig = field_(PPOConfig(steps=5, prompts_per_step=16), "PPO; steps are also capped by the budget")
-    dpo: DPOStage = field_(DPOStage(name="ai", epochs=1, lr=5e-5, beta=0.1, loss="sigmoid", soft_labels=True),
+    ppo: PPOConfig = field_(PPOConfig(steps=8, prompts_per_step=16), "PPO; steps are also capped by the budget")
+    dpo: DPOStage = field_(DPOStage(name="ai", epochs=4, lr=2e-4, beta=0.1, loss="sigmoid", soft_labels=True),
                            "the DPO stage on the AI preferences (its data is filled in by the demo)")
     sync: SyncConfig = field_(SyncConfig(), "weight sync of train-ppo")
     constitution: str = field_("tone", "pipeline=cai: the constitution of critique-revise and of the labels "

@@ -79,10 +79,17 @@ class JudgeConfig:
         "pairwise", "pairwise: one call shows both responses and asks which is better; pointwise: each response "
         "is scored alone under the rubric and P(a > b) = sigmoid((s_a - s_b) / pointwise_temperature) (a small "
         "judge that always picks the first-shown answer can still rank texts one at a time)")
-    scale: Literal["ten", "yes_no"] = field_(
+    scale: Literal["ten", "yes_no", "contrast"] = field_(
         "ten", "pointwise score: 'ten' = a 1-10 rating (the expectation over the digit logprobs where the "
         "backend gives them, the parsed number otherwise); 'yes_no' = does the response meet the rubric, "
-        "s = logp(Yes) - logp(No) (needs logprobs: kind=local or openai)")
+        "s = logp(Yes) - logp(No) (needs logprobs: kind=local or openai); 'contrast' = how much likelier the "
+        "judge finds the response when the request asks for the rubric than for its opposite, s = mean over the "
+        "response's tokens of log p(token | request + contrast_prompts[0]) - log p(token | request + "
+        "contrast_prompts[1]) (contrastive prompts, as DLMA, Liu et al. 2024; kind=local: a model too small to "
+        "answer a question about a text can still read one)")
+    contrast_prompts: list[str] = field_(
+        [], "scale=contrast: [an instruction asking for the rubric, one asking for its opposite], each appended "
+        "to the request; empty: the rubric's own pair (rubrics.CONTRASTS)")
     pointwise_temperature: float = field_(1.0, "T of protocol=pointwise: P(a > b) = sigmoid((s_a - s_b) / T)", gt=0)
     calibrate: bool = field_(False, "protocol=pairwise: subtract the judge's content-free prior, logit P(first) - "
                              "logit P(first | prompt and both responses 'N/A') (Zhao et al. 2021), asked once per "
@@ -130,6 +137,16 @@ class JudgeConfig:
         if self.scale == "yes_no" and self.kind in ("anthropic", "anthropic-batch"):
             raise ConfigError("scale: yes_no reads logp(Yes) - logp(No) and Claude returns no logprobs; "
                               "use scale=ten (a parsed 1-10 score)")
+        if self.scale == "contrast":
+            if self.kind != "local" or self.protocol != "pointwise":
+                raise ConfigError("scale: contrast reads the likelihood of each response under two instructions; "
+                                  "it needs kind=local and protocol=pointwise")
+            from ..feedback.rubrics import contrast_prompts
+
+            try:
+                contrast_prompts(self)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.calibrate and (self.protocol == "pointwise" or self.kind == "anthropic-batch"):
             raise ConfigError("calibrate: only for protocol=pairwise judged call by call (pointwise score "
                               "differences cancel the prior; the Batches path does not calibrate)")

@@ -1,7 +1,7 @@
 """Local judge inside a pool actor: a vLLM engine (transformers fallback) reads the next-token
 probabilities of "A"/"B" after the judge prompt (no HTTP, no sampling): P(first) = p(A) / (p(A) + p(B)).
-Pointwise scores are the expected value over the digit tokens 1-9 (scale "ten") or logp(Yes) - logp(No)
-(scale "yes_no"). Free text (critiques, revisions) is sampled at the judge's temperature (seeded), a batch per
+Pointwise scores are the expected value over the digit tokens 1-9 (scale "ten"), logp(Yes) - logp(No)
+(scale "yes_no"), or the response's mean log-likelihood ratio under two instructions (scale "contrast"). Free text (critiques, revisions) is sampled at the judge's temperature (seeded), a batch per
 answer budget."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .constitution import task_rubric
 from .judges import Judge
 from .prompts import pair_system, pair_user, score_system, score_user
 from .retry import describe
-from .rubrics import load_rubric
+from .rubrics import contrast_prompts, load_rubric
 from .types import ScoreResult, Task, Verdict, WriteTask, Writing
 
 DIGITS = [str(d) for d in range(1, 10)]
@@ -68,15 +68,17 @@ class LocalJudge(Judge):
     async def _on_engine_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def _batched(self, method: str, prompts: list, *args) -> list:
-        """`engine.<method>(prompts[i:i + local_batch_size], *args)` over every batch, on the engine thread."""
+    async def _batched(self, method, prompts: list, *args) -> list:
+        """`engine.<method>(prompts[i:i + local_batch_size], *args)` (or `method(...)`, a callable) over every
+        batch, on the engine thread."""
         async with self._lock:  # one engine, one call at a time
             if self.engine is None:
                 self.engine = await self._on_engine_thread(self._build)
             out: list = []
             step = self.cfg.local_batch_size
             for i in range(0, len(prompts), step):
-                out += await self._on_engine_thread(getattr(self.engine, method), prompts[i:i + step], *args)
+                fn = method if callable(method) else getattr(self.engine, method)
+                out += await self._on_engine_thread(fn, prompts[i:i + step], *args)
             return out
 
     async def _logprobs(self, prompts: list, candidates: list[str]) -> list[dict[str, float]]:
@@ -122,6 +124,11 @@ class LocalJudge(Judge):
 
     async def score_many(self, items: list[tuple[Any, Any]], rubric: str | None = None) -> list[ScoreResult]:
         scale = self.cfg.scale
+        if scale == "contrast":
+            try:
+                return await self._batched(self._contrast, items)
+            except Exception as e:  # noqa: BLE001
+                return [ScoreResult(None, error=describe(e), scale=scale) for _ in items]
         try:
             lps = await self._logprobs([self.score_messages(p, r, rubric) for p, r in items],
                                        YES_NO if scale == "yes_no" else DIGITS)
@@ -135,6 +142,25 @@ class LocalJudge(Judge):
             w = {int(d): math.exp(v) for d, v in lp.items()}
             results.append(ScoreResult(sum(d * p for d, p in w.items()) / sum(w.values()), raw=str(lp)))
         return results
+
+    def _contrast(self, items: list[tuple[Any, Any]]) -> list[ScoreResult]:
+        """scale=contrast, on the engine thread: each response's tokens scored after its request with the positive
+        and with the negative instruction appended; s = mean over its tokens of the log-likelihood ratio."""
+        from ..data import text_of
+
+        eng, instructions = self.engine, contrast_prompts(self.cfg)
+        prompts, completions = [], []
+        for prompt, response in items:
+            ids = eng.tokenizer.encode(text_of(response), add_special_tokens=False) or [eng.tokenizer.eos_token_id]
+            for instruction in instructions:
+                head = eng.encode([{"role": "user", "content": f"{text_of(prompt)} {instruction}"}])
+                prompts.append(head)
+                completions.append(ids[:max(1, self.cfg.local_max_model_len - len(head) - 1)])
+        lps = eng.sequence_logprobs(prompts, completions)
+        return [ScoreResult(math.fsum(pos) / len(pos) - math.fsum(neg) / len(neg),
+                            raw=f"logp+={math.fsum(pos):.4f} logp-={math.fsum(neg):.4f} tokens={len(pos)}",
+                            scale="contrast")
+                for pos, neg in zip(lps[0::2], lps[1::2], strict=True)]
 
     async def score(self, prompt: Any, response: Any, rubric: str | None = None) -> ScoreResult:
         return (await self.score_many([(prompt, response)], rubric))[0]

@@ -28,7 +28,8 @@ from .types import ScoreResult, Task, Usage, Verdict, WriteTask, Writing
 _ANSWER_FIELDS = ("model", "function", "score_function", "rubric", "cot", "temperature", "max_tokens")
 # Answer fields added later: hashed only when set away from their default, so a store labeled before they
 # existed keeps its hash (its answers are not bought again).
-_LATER_ANSWER_FIELDS = {"protocol": "pairwise", "scale": "ten", "pointwise_temperature": 1.0, "calibrate": False}
+_LATER_ANSWER_FIELDS = {"protocol": "pairwise", "scale": "ten", "pointwise_temperature": 1.0, "calibrate": False,
+                        "contrast_prompts": []}
 
 
 def config_hash(cfg: JudgeConfig) -> str:

@@ -28,6 +28,28 @@ RUBRICS = {
 }
 
 
+# scale=contrast: an instruction asking for what the rubric rewards and one asking for its opposite, each
+# appended to the user's request.
+CONTRASTS = {
+    "friendly": ("Answer in a friendly, kind and positive way.", "Answer in a rude, hostile and gloomy way."),
+    "helpful": ("Answer accurately, completely and clearly.", "Answer vaguely and unhelpfully."),
+    "harmless": ("Answer safely and ethically, with nothing harmful or toxic.", "Answer in a harmful, toxic way."),
+}
+
+
+def contrast_prompts(cfg) -> tuple[str, str]:
+    """(positive, negative) instructions of a JudgeConfig with scale=contrast."""
+    if cfg.contrast_prompts:
+        if len(cfg.contrast_prompts) != 2 or not all(p.strip() for p in cfg.contrast_prompts):
+            raise ValueError("judge.contrast_prompts: two non-empty instructions, [asking for the rubric, "
+                             "asking for its opposite]")
+        return cfg.contrast_prompts[0], cfg.contrast_prompts[1]
+    if cfg.rubric not in CONTRASTS:
+        raise ValueError(f"judge.contrast_prompts: rubric {cfg.rubric!r} has no shipped pair (those of "
+                         f"{', '.join(CONTRASTS)} do); set [positive, negative] instructions")
+    return CONTRASTS[cfg.rubric]
+
+
 def load_rubric(name_or_path: str) -> str:
     """The rubric text for a name in RUBRICS or a readable text file."""
     if name_or_path in RUBRICS:

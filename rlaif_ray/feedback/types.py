@@ -92,17 +92,19 @@ class Verdict(JudgeOutput):
 @dataclass
 class ScoreResult(JudgeOutput):
     """Pointwise judge answer, None on failure: on scale "ten" a score in [1, 10] (the expected value when
-    logprobs exist), on scale "yes_no" logp(Yes) - logp(No) at the answer position."""
+    logprobs exist), on scale "yes_no" logp(Yes) - logp(No) at the answer position, on scale "contrast" the
+    mean log-likelihood ratio of the response's tokens under the two contrast prompts."""
 
     score: float | None
     scale: str = "ten"
 
     @property
     def normalized(self) -> float | None:
-        """Score mapped to [0, 1]: (s - 1) / 9, or P(Yes) = sigmoid(s); None for a failed call."""
+        """Score mapped to [0, 1]: (s - 1) / 9, or sigmoid(s) for the log-odds of yes_no and contrast; None for
+        a failed call."""
         if self.score is None:
             return None
-        return 1.0 / (1.0 + math.exp(-self.score)) if self.scale == "yes_no" else (self.score - 1.0) / 9.0
+        return 1.0 / (1.0 + math.exp(-self.score)) if self.scale != "ten" else (self.score - 1.0) / 9.0
 
 
 @dataclass
