@@ -126,7 +126,7 @@ class RateLimiter:
     async def _slow_start(self) -> None:
         """Until the first answer is heard (at most PROBE_S after the first request), one request every
         1 / (PROBE_SCALE x rate) seconds: a limit configured too high costs a few refused requests before the
-        headers teach the real one, not a burst; a right one loses a third of the first answer's latency."""
+        headers teach the real one, not a burst; a right one is kept at 30% busy instead of idle meanwhile."""
         now = time.monotonic()
         if self._probe_end is None:
             self._probe_end, self._next_probe = now + PROBE_S, now
