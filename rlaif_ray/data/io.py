@@ -57,11 +57,16 @@ def iter_rows(path: str | Path, on_error: Callable[[DataError], None] | None = N
 
 
 _JSON = msgspec.json.Decoder()
-_JSONL = msgspec.json.Encoder(enc_hook=lambda o: o.item() if hasattr(o, "item") else _unencodable(o))
 
 
-def _unencodable(o: Any):
+def _plain(o: Any) -> Any:
+    """A numpy scalar as its Python value; anything else JSON cannot hold is an error naming its type."""
+    if hasattr(o, "item"):
+        return o.item()
     raise TypeError(f"a row holds {type(o).__name__}, which JSON cannot hold")
+
+
+_JSONL = msgspec.json.Encoder(enc_hook=_plain)
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

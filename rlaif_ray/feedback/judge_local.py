@@ -1,8 +1,8 @@
 """Local judge inside a pool actor: a vLLM engine (transformers fallback) reads the next-token
 probabilities of "A"/"B" after the judge prompt (no HTTP, no sampling): P(first) = p(A) / (p(A) + p(B)).
 Pointwise scores are the expected value over the digit tokens 1-9 (scale "ten"), logp(Yes) - logp(No)
-(scale "yes_no"), or the response's mean log-likelihood ratio under two instructions (scale "contrast"). Free text (critiques, revisions) is sampled at the judge's temperature (seeded), a batch per
-answer budget."""
+(scale "yes_no"), or the response's mean log-likelihood ratio under two instructions (scale "contrast").
+Free text (critiques, revisions) is sampled at the judge's temperature (seeded), a batch per answer budget."""
 
 from __future__ import annotations
 
@@ -75,9 +75,8 @@ class LocalJudge(Judge):
             if self.engine is None:
                 self.engine = await self._on_engine_thread(self._build)
             out: list = []
-            step = self.cfg.local_batch_size
+            step, fn = self.cfg.local_batch_size, method if callable(method) else getattr(self.engine, method)
             for i in range(0, len(prompts), step):
-                fn = method if callable(method) else getattr(self.engine, method)
                 out += await self._on_engine_thread(fn, prompts[i:i + step], *args)
             return out
 
@@ -149,11 +148,15 @@ class LocalJudge(Judge):
         from ..data import text_of
 
         eng, instructions = self.engine, contrast_prompts(self.cfg)
+        heads: dict[tuple[str, str], list[int]] = {}  # a pair's two responses share their request
         prompts, completions = [], []
         for prompt, response in items:
             ids = eng.tokenizer.encode(text_of(response), add_special_tokens=False) or [eng.tokenizer.eos_token_id]
             for instruction in instructions:
-                head = eng.encode([{"role": "user", "content": f"{text_of(prompt)} {instruction}"}])
+                key = (text_of(prompt), instruction)
+                if key not in heads:
+                    heads[key] = eng.encode([{"role": "user", "content": f"{key[0]} {instruction}"}])
+                head = heads[key]
                 prompts.append(head)
                 completions.append(ids[:max(1, self.cfg.local_max_model_len - len(head) - 1)])
         lps = eng.sequence_logprobs(prompts, completions)

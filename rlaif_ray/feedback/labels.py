@@ -45,8 +45,7 @@ def tasks_for(pairs: list[PairRecord], cfg: JudgeConfig) -> list[Task]:
         for order in ords:
             first, second = (p.response_a, p.response_b) if order == "ab" else (p.response_b, p.response_a)
             for k in samples:
-                out.append(Task(p.id, p.prompt, first, second, order, k,
-                                principle_of(cfg, p.id, k) if cfg.constitution else None))
+                out.append(Task(p.id, p.prompt, first, second, order, k, principle_of(cfg, p.id, k)))
     return out
 
 
