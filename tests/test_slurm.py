@@ -79,14 +79,19 @@ def _sbatch(env: dict, workdir: Path, sbatch_args: list[str], command: list[str]
     return job_id, Path(str(out).replace("%j", job_id))
 
 
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE"}
+
+
 def _wait(env: dict, job_id: str) -> dict[str, str]:
-    """Poll `scontrol show job` until the job leaves PENDING/RUNNING/COMPLETING; its fields as a dict."""
+    """Poll `scontrol show job` until the job reaches a final state; its fields as a dict. (Passing states
+    are many and version-dependent: SIGNALING shows while `--signal` is delivered, STAGE_OUT, SUSPENDED...)"""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while True:
         line = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, check=True,
                               capture_output=True, text=True).stdout
         fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-        if fields["JobState"] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+        if fields["JobState"] in FINAL_STATES:
             return fields
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job_id], env=env)
