@@ -215,6 +215,7 @@ def sweep(args) -> list[dict]:
                                  "vllm_seconds": round(m["seconds"], 3),
                                  **{key: m[key] for key in m if key not in ("tokens", "seconds", "tokens_per_s")},
                                  "startup_s": max(startup), "startup_s_per_worker": startup,
+                                 "kv_block_size": pool.infos[0]["kv_block_size"],
                                  "memory_mb_per_worker": [{k2: round(v, 1) for k2, v in x.items()}
                                                           for x in pool.group.call("memory_mb")],
                                  "weight_bytes": weight_bytes, "memory_bandwidth_gbs": round(bw, 2),

@@ -133,6 +133,8 @@ def test_save_round_trip(tmp_path):
     bad["learner"]["zero_stage"] = 5
     with pytest.raises(ConfigError, match="learner.zero_stage: 5 is above the maximum 3"):
         from_dict(TrainDPOJob, bad)
+    with pytest.raises(ConfigError, match="rollout.kv_block_size: vLLM's CPU attention takes a multiple of 32, got 48"):
+        load(TrainPPOJob, None, ["prompts=p.jsonl", "rollout.kv_block_size=48"])
 
 
 def test_every_field_has_a_doc():

@@ -91,6 +91,7 @@ def test_two_workers_return_input_order_and_count_long_prompts(engines):
 
     pool, _, _ = engines
     assert len({i["pid"] for i in pool.infos}) == 2
+    assert {i["kv_block_size"] for i in pool.infos} == {32}  # a short context on CPU: blocks of 32 (auto)
     prompts = PROMPTS + ["x " * 300]  # the last one is longer than the context
     greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=8)
     out = pool.generate(prompts, greedy)

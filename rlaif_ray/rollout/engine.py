@@ -142,6 +142,9 @@ class VLLMEngine(_Tokenizing):
             # A chunked prefill rewinds the seeded request's generator, which CPU generators cannot do
             # ('CPU Generator does not use offset'): whole prefills keep per-prompt seeds working.
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, cfg.max_model_len))
+        block = cfg.kv_block_size or (32 if cfg.gpus_per_worker == 0 and cfg.max_model_len <= 256 else None)
+        if block:
+            kwargs["block_size"] = block
         self.llm = LLM(model=model_path, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
                        max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, seed=seed,
                        logprobs_mode="processed_logprobs", max_logprobs=64,
@@ -150,6 +153,7 @@ class VLLMEngine(_Tokenizing):
                        max_num_seqs=cfg.max_num_seqs, disable_log_stats=not cfg.request_timing,
                        worker_extension_cls=WORKER_EXTENSION, **kwargs)
         self.ranks = cfg.tensor_parallel_size
+        self.kv_block_size = self.llm.llm_engine.vllm_config.cache_config.block_size
 
     def _params(self, sampling: SamplingConfig, seed: int | None = None, **extra):
         from vllm import SamplingParams
@@ -245,6 +249,8 @@ def _timing(stats) -> dict:
 
 class HFEngine(_Tokenizing):
     """transformers `generate` with the same interface, for machines without vLLM."""
+
+    kv_block_size = None  # a contiguous (dynamic or static) cache, not paged
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int = 0, dtype: str = "fp32"):
         super().__init__(model_path, cfg)

@@ -33,7 +33,8 @@ class RolloutWorker:
 
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "version": self.version,
                 "startup_s": self.startup_s, "max_model_len": self.engine.max_model_len,
-                "backend": type(self.engine).__name__, "engine_ranks": self.engine.ranks}
+                "backend": type(self.engine).__name__, "engine_ranks": self.engine.ranks,
+                "kv_block_size": self.engine.kv_block_size}
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, seed_offset: int = 0) -> list[list[Sample]]:
         return self.engine.generate(prompts, sampling, seed_offset)
