@@ -32,6 +32,8 @@ def test_sweep_two_workers_json_rows_tokens_and_plot(ray_session, tmp_path):
         assert r["ttft_s_p50"] <= r["ttft_s_p90"] <= r["ttft_s_p99"] and r["itl_s_p50"] > 0
         assert 0 < r["roofline_fraction"] < 1 and r["roofline_tokens_per_s"] > 0
         assert r["hf_tokens"] <= r["batch"] * 8 and r["hf_cache"] in ("dynamic", "static")
+        assert set(r["hf_tokens_per_s_by_cache"]) == {"dynamic", "static"}  # CPU: both timed, the faster kept
+        assert r["hf_tokens_per_s"] == max(r["hf_tokens_per_s_by_cache"].values())
         assert r["speedup"] == pytest.approx(r["vllm_tokens_per_s"] / r["hf_tokens_per_s"], rel=1e-2)
     for key in ("speedup", "vllm_tokens_per_s", "hf_tokens_per_s", "model_params"):
         assert result[key] == rows[-1][key]
