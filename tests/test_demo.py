@@ -5,13 +5,14 @@ and consistent, and a second run resumes without redoing or re-paying anything."
 import json
 
 import pytest
+import yaml
 
 from rlaif_ray import cli
 from rlaif_ray.config import DemoJob
 
 TINY = [
     "policy.path=tiny", "policy.dtype=fp32", "policy.lora.enabled=true",
-    "judge.model=tiny", "judge.scale=ten",  # the tiny BPE splits Yes and No into two tokens each
+    "judge.model=tiny",  # the demo's contrastive judge, reading the pairs' two instructions
     "pair_prompts=24", "rm_val_fraction=0.1", "eval_prompts=8", "sampling.max_new_tokens=12",
     "rollout.in_process=true", "rollout.max_model_len=256",
     "rm_learner.micro_batch_size=2", "rm_learner.dtype=fp32", "rm_epochs=1",
@@ -48,6 +49,8 @@ def test_demo_pipeline_on_tiny_model(ray_session, tmp_path, capsys):
     label = json.loads((run_dir / "2-label" / "summary.json").read_text())
     assert label["gold"]["n_pairs"] == len(pairs) and all(p["protocol"] == "pointwise" for p in prefs)
     assert {p["instruction_b"] for p in pairs} == set(DemoJob().instructions_b)
+    label_cfg = yaml.safe_load((run_dir / "2-label" / "config.yaml").read_text())
+    assert label_cfg["pool"]["judge"]["contrast_prompts"] == DemoJob().instructions_b
     assert (run_dir / "6-eval" / "plots" / "gold_vs_kl.png").stat().st_size > 1000
     assert (run_dir / "summary.txt").read_text().strip() in out
 

@@ -99,6 +99,9 @@ def run(cfg: DemoJob, args) -> int:
 
     if getattr(args, "pipeline", None):
         cfg = dataclasses.replace(cfg, pipeline=args.pipeline)
+    if cfg.judge.scale == "contrast" and not cfg.judge.contrast_prompts and len(cfg.instructions_b) == 2:
+        # the judge reads each answer after the two instructions that made the pairs, whatever they are
+        cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, contrast_prompts=list(cfg.instructions_b)))
     if cfg.pipeline == "cai":
         return run_cai(cfg)
     root = Path(cfg.run_dir)

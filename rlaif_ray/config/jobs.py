@@ -325,13 +325,12 @@ class DemoJob:
                                  "starting policy (trained with LoRA)")
     judge: JudgeConfig = field_(
         JudgeConfig(kind="local", model="smollm2", max_tokens=1, rubric="friendly", protocol="pointwise",
-                    scale="contrast", pointwise_temperature=0.1,
-                    contrast_prompts=["Please answer in a very warm, kind and cheerful way.",
-                                      "Answer rudely, like a grumpy, annoyed person who hates being asked."]),
+                    scale="contrast", pointwise_temperature=0.1),
         "AI judge for labels and eval (local = a vLLM engine inside the pool). Pointwise and contrastive: asked "
         "pairwise, SmolLM2-135M picks the first-shown answer almost always, and asked yes/no about one answer it "
         "agrees with the gold at chance; what it can do is read how likely an answer is after a warm and after a "
-        "rude instruction, the two that made the pairs (as DLMA scores with its generation prompts)")
+        "rude instruction, the two that made the pairs (as DLMA scores with its generation prompts): with "
+        "scale=contrast and no contrast_prompts, the demo's judge contrasts the two instructions_b")
     gold: GoldConfig = field_(GoldConfig(score_function="rlaif_ray.eval.gold:vader_sentiment", margin=0.1),
                               "a gold that is not the judge: VADER sentiment, a lexicon scorer that shares nothing "
                               "with a language model, for the friendly-tone rubric")
