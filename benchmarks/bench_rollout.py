@@ -114,7 +114,8 @@ def run_combo(pool, prompts: list[str], new_tokens: int, repeats: int = 1) -> di
 
     from rlaif_ray.config import SamplingConfig
 
-    sampling = SamplingConfig(n=1, temperature=1.0, max_new_tokens=new_tokens, seed=0)
+    # ignore_eos: both engines make batch x new_tokens tokens (a sampled EOS would end rows at random)
+    sampling = SamplingConfig(n=1, temperature=1.0, max_new_tokens=new_tokens, seed=0, ignore_eos=True)
     n = len(pool.workers)
     per = len(prompts) // n
     chunks = [prompts[i * per:(i + 1) * per] for i in range(n)]

@@ -214,3 +214,12 @@ def test_exponent_without_a_dot_is_a_number_in_files_and_overrides(tmp_path):
     assert load(TrainDPOJob, None, ["learner.lr=5E-6"]).learner.lr == 5e-6
     with pytest.raises(ConfigError, match="learner.lr: expected a number, got str 'fast'"):
         load(TrainDPOJob, None, ["learner.lr=fast"])
+
+
+def test_sampling_cache_key_leaves_out_ignore_eos_when_unset():
+    """Answer caches written before ignore_eos existed still match a default config."""
+    from rlaif_ray.config import SamplingConfig
+
+    old = {"n": 1, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_new_tokens": 64, "stop": [], "seed": 0}
+    assert SamplingConfig().cache_key() == old
+    assert SamplingConfig(ignore_eos=True).cache_key() == {**old, "ignore_eos": True}

@@ -16,7 +16,6 @@ its prompt out of the outputs and the exit code 1; a re-run retries it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -44,7 +43,7 @@ def policy_answers(cfg: CritiqueReviseJob, records: list, path: Path) -> dict[st
     from ..data import write_rows
     from .generate_pairs import sample_policy, with_instruction
 
-    key = _digest(cfg.policy.path, dataclasses.asdict(cfg.sampling), cfg.instructions)
+    key = _digest(cfg.policy.path, cfg.sampling.cache_key(), cfg.instructions)
     if path.exists():
         saved = {r["prompt_id"]: r for r in map(json.loads, path.read_text().splitlines())
                  if r.get("policy_key") == key}

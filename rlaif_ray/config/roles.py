@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from .schema import ConfigError, field_
@@ -217,6 +217,16 @@ class SamplingConfig:
     max_new_tokens: int = field_(64, "tokens generated per sample", ge=1)
     stop: list[str] = field_([], "stop strings")
     seed: int | None = field_(0, "sampling seed (None: random)")
+    ignore_eos: bool = field_(False, "keep generating after an end-of-sequence token, to max_new_tokens (throughput "
+                              "benchmarks: every engine then makes the same number of tokens)")
+
+    def cache_key(self) -> dict:
+        """What shapes the samples, for caches of answers; ignore_eos (added later) only when set, so caches
+        written before it still match."""
+        key = asdict(self)
+        if not self.ignore_eos:
+            del key["ignore_eos"]
+        return key
 
 
 @dataclass

@@ -126,7 +126,7 @@ def _read_cache(path: Path, model_path: str, ids: list[str], cfg: EvalJob) -> li
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     meta, rows = rows[0], rows[1:]
-    want = {"model_path": model_path, "sampling": _sampling_key(cfg)}
+    want = {"model_path": model_path, "sampling": cfg.sampling.cache_key()}
     if any(meta.get(k) != v for k, v in want.items()) or [r["prompt_id"] for r in rows] != ids:
         return None
     return [r if r["sample"] is not None else None for r in rows]
@@ -137,14 +137,9 @@ def _write_cache(path: Path, model_path: str, prompts, samples, logprobs, cfg: E
 
     from ..data import write_rows
 
-    meta = {"model_path": model_path, "sampling": _sampling_key(cfg)}
+    meta = {"model_path": model_path, "sampling": cfg.sampling.cache_key()}
     rows = [{"prompt_id": p.id, "prompt": p.prompt, "answer": s.text if s else None,
              "sample": asdict(s) if s else None, **({"logprobs_raw": lp} if logprobs else {})}
             for p, s, lp in zip(prompts, samples, logprobs or [None] * len(prompts), strict=True)]
     write_rows(path, [meta, *rows])
 
-
-def _sampling_key(cfg: EvalJob) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg.sampling)

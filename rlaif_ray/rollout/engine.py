@@ -163,7 +163,8 @@ class VLLMEngine(_Tokenizing):
         return SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                               top_k=sampling.top_k if sampling.top_k > 0 else 0,
                               max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None,
-                              detokenize=bool(sampling.stop), seed=seed, logprobs=0, **extra)
+                              detokenize=bool(sampling.stop), seed=seed, logprobs=0, ignore_eos=sampling.ignore_eos,
+                              **extra)
 
     def _run(self, token_lists: list[list[int]], params) -> list:
         return self.llm.generate([{"prompt_token_ids": ids} for ids in token_lists], params, use_tqdm=False)
@@ -284,7 +285,8 @@ class HFEngine(_Tokenizing):
         greedy = sampling.temperature == 0
         gen_kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
                           output_scores=True, return_dict_in_generate=True,
-                          pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                          pad_token_id=self.tokenizer.pad_token_id,
+                          eos_token_id=None if sampling.ignore_eos else self.tokenizer.eos_token_id,
                           cache_implementation=self.cfg.hf_cache)
         if not greedy:
             gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
@@ -305,9 +307,9 @@ class HFEngine(_Tokenizing):
     def _sample(self, tokens: list[int], logprobs, sampling: SamplingConfig, pids: list[int], cut: int) -> Sample:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         finish = "length"
-        if eos in tokens:
+        if eos in tokens and not sampling.ignore_eos:
             tokens, finish = tokens[:tokens.index(eos) + 1], "stop"
-        elif pad in tokens and pad != eos:  # a stop string ended this row inside the batch
+        elif sampling.stop and pad in tokens and pad != eos:  # a stop string ended this row inside the batch
             tokens, finish = tokens[:tokens.index(pad)], "stop"
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         for s in sampling.stop:
