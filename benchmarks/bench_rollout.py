@@ -2,6 +2,7 @@
 same model and settings, side by side in one run.
 
     rlaif-ray bench rollout --json F                     # the built-in tiny and ~100M models, batch 64
+    rlaif-ray bench rollout --model smollm2 --json F     # SmolLM2-135M-Instruct (shipped offline)
     rlaif-ray bench rollout --model PATH|HF-id --workers 1,8 --tp 1 --batch 64,256 --prompt-len 128,1024 \\
         --new-tokens 256 [--ray.address auto] [--no-hf] --json F [--plot F.png]
 
@@ -15,7 +16,8 @@ weight once, so a worker makes at most batch x K x bandwidth / weight bytes toke
 by a copy on the workers' device; KV reads ignored, so a true bound), with the fraction reached. The
 baseline is one HF worker with sdpa attention and the faster of a dynamic and a static KV cache (each
 timed in full, like vLLM; on GPU the dynamic one), on the same prompts and sampling, one after the other,
-never together.
+never together. vLLM runs as it serves by default and as RLHF trainers embed it: compiled (torch.compile on
+CPU, CUDA graphs on GPU) with the engine core in the worker's process (`--no-compile`, `--no-in-process`).
 
 Prompts of a set token length are cut from a synthetic corpus (`--prompt-len`; without it, the natural
 short prompts of earlier runs). On a Ray cluster (`--ray.address auto`, e.g. inside `ray job submit`)
@@ -26,6 +28,7 @@ the workers are spread over the nodes. Writes a table, JSON (top-level `speedup`
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -44,8 +47,8 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default=None, help="model dir or HF id (default: the built-in tiny and ~100M "
-                   "models; --quick: tiny only)")
+    p.add_argument("--model", default=None, help="model dir, HF id, 'smollm2' (SmolLM2-135M-Instruct, offline) or "
+                   "'tiny'/'100m' (default: the built-in tiny and ~100M models; --quick: tiny only)")
     p.add_argument("--workers", default="1", help="rollout workers, comma list")
     p.add_argument("--tp", default="1", help="tensor-parallel GPUs per worker, comma list (GPU only)")
     p.add_argument("--batch", default=None, help="sequences per worker at once, comma list (default --prompts)")
@@ -58,10 +61,12 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration, the fastest kept "
                    "(both engines alike)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
-    p.add_argument("--in-process", action="store_true", help="vLLM engine core in the worker's process "
-                   "(rollout.in_process): starts in seconds, decodes on every core of the worker")
-    p.add_argument("--compile", action="store_true", help="vLLM compiles the model (torch.compile on CPU, CUDA "
-                   "graphs on GPU; rollout.enforce_eager=false): slower start-up, faster decode")
+    p.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=True, help="vLLM engine core "
+                   "in the worker's process (rollout.in_process, as OpenRLHF and veRL run it): starts in seconds, "
+                   "decodes on every core of the worker; --no-in-process: vLLM's own engine process")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="vLLM compiles the "
+                   "model (torch.compile on CPU, CUDA graphs on GPU; rollout.enforce_eager=false), as vLLM serves "
+                   "by default: slower start-up, faster decode; --no-compile: eager mode")
     p.add_argument("--plot", default=None, help="PNG path (default: next to --json, else bench-rollout.png)")
 
 
@@ -152,6 +157,7 @@ def sweep(args) -> list[dict]:
 
     from rlaif_ray.config import RolloutConfig
     from rlaif_ray.models import load_tokenizer, tiny_model_path
+    from rlaif_ray.models.smollm2 import smollm2_path
     from rlaif_ray.rollout import RolloutPool
 
     models = [args.model] if args.model else ["tiny"] if args.quick else ["tiny", "100m"]
@@ -160,7 +166,10 @@ def sweep(args) -> list[dict]:
     prompt_lens = _ints(args.prompt_len) if args.prompt_len else [None]
     rows = []
     for name in models:
-        path = str(tiny_model_path(BUILT_IN[name], seed=0)) if name in BUILT_IN else name
+        if name == "smollm2":
+            path = str(smollm2_path("bf16" if args.dtype == "bf16" else "fp32"))
+        else:
+            path = str(tiny_model_path(BUILT_IN[name], seed=0)) if name in BUILT_IN else name
         params = _count_params(path)
         weight_bytes = params * (4 if args.dtype == "fp32" else 2)
         tok = load_tokenizer(path)
@@ -192,6 +201,7 @@ def sweep(args) -> list[dict]:
                                  **{key: m[key] for key in m if key not in ("tokens", "seconds", "tokens_per_s")},
                                  "startup_s": max(startup), "startup_s_per_worker": startup,
                                  "kv_block_size": pool.infos[0]["kv_block_size"],
+                                 "compiled": args.compile, "in_process": args.in_process,
                                  "memory_mb_per_worker": [{k2: round(v, 1) for k2, v in x.items()}
                                                           for x in pool.group.call("memory_mb")],
                                  "weight_bytes": weight_bytes, "memory_bandwidth_gbs": round(bw, 2),
@@ -258,8 +268,8 @@ def _baseline(args, rows, name, path, tok, batches, prompt_lens, new_tokens, bas
 
 
 def _line(r: dict) -> str:
-    return (f"{r['model']:>10} w{r['workers']} tp{r['tp']} batch {r['batch']:>4} prompt {str(r['prompt_len']):>5} "
-            f"new {r['new_tokens']:>4}: {r['vllm_tokens_per_s']:>9,.0f} tok/s  ttft p50 {r['ttft_s_p50']}s  "
+    return (f"{os.path.basename(str(r['model'])):>10} w{r['workers']} tp{r['tp']} batch {r['batch']:>4} "
+            f"prompt {str(r['prompt_len']):>5} new {r['new_tokens']:>4}: {r['vllm_tokens_per_s']:>9,.0f} tok/s  ttft p50 {r['ttft_s_p50']}s  "
             f"itl p50 {r['itl_s_p50']}s  roofline {100 * r['roofline_fraction']:.1f}%")
 
 
@@ -318,8 +328,8 @@ def run(args) -> int:
           f"{'HF tok/s':>9} {'speedup':>8} {'ttft p50':>9} {'itl p50':>8} {'roofline':>9} {'start s':>7}")
     for r in rows:
         hf = r.get("hf_tokens_per_s")
-        print(f"{r['model']:>10} {r['workers']:>7} {r['tp']:>3} {r['batch']:>5} {str(r['prompt_len'] or '-'):>6} "
-              f"{r['new_tokens']:>4} {r['vllm_tokens_per_s']:>11,.0f} {'-' if hf is None else f'{hf:,.0f}':>9} "
+        print(f"{os.path.basename(str(r['model'])):>10} {r['workers']:>7} {r['tp']:>3} {r['batch']:>5} "
+              f"{str(r['prompt_len'] or '-'):>6} {r['new_tokens']:>4} {r['vllm_tokens_per_s']:>11,.0f} {'-' if hf is None else f'{hf:,.0f}':>9} "
               f"{r.get('speedup', '-'):>8} {r['ttft_s_p50'] or '-':>9} {r['itl_s_p50'] or '-':>8} "
               f"{100 * r['roofline_fraction']:>8.1f}% {r['startup_s']:>7}")
     print(f"decode roofline: batch x tp x bandwidth / weight bytes per worker (bandwidth "

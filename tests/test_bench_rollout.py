@@ -16,7 +16,8 @@ def test_sweep_two_workers_json_rows_tokens_and_plot(ray_session, tmp_path):
     bench_rollout.add_arguments(parser)
     out = tmp_path / "rollout.json"
     args = parser.parse_args(["--model", "tiny", "--workers", "2", "--batch", "4,8", "--prompt-len", "32",
-                              "--new-tokens", "8", "--in-process", "--dtype", "fp32", "--repeats", "1"])
+                              "--new-tokens", "8", "--in-process", "--no-compile", "--dtype", "fp32",
+                              "--repeats", "1"])
     args.json_path, args.quick = str(out), True
     assert bench_rollout.run(args) == 0
     result = json.loads(out.read_text())
@@ -25,6 +26,7 @@ def test_sweep_two_workers_json_rows_tokens_and_plot(ray_session, tmp_path):
     for r in rows:
         assert r["prompts"] == 2 * r["batch"] and r["new_tokens"] == 8 and r["prompt_len"] == 32
         assert sum(r["per_worker_tokens"]) == r["vllm_tokens"] == r["prompts"] * 8  # ignore_eos: all 8 each
+        assert (r["compiled"], r["in_process"]) == (False, True)  # the engine settings the row was made with
         assert abs(r["prompt_tokens_mean"] - 32) <= 4  # cut to 32 tokens (re-encoding may merge a few)
         assert len(r["per_worker_tokens_per_s"]) == len(r["memory_mb_per_worker"]) == 2
         assert all(m["rss_mb"] > 0 for m in r["memory_mb_per_worker"])
