@@ -155,9 +155,8 @@ def run_combo(pool, prompts: list[str], new_tokens: int, repeats: int = 1) -> di
 def sweep(args) -> list[dict]:
     import ray
 
-    from rlaif_ray.config import RolloutConfig
-    from rlaif_ray.models import load_tokenizer, tiny_model_path
-    from rlaif_ray.models.smollm2 import smollm2_path
+    from rlaif_ray.config import ModelConfig, RolloutConfig
+    from rlaif_ray.models import load_tokenizer, resolve_model_path
     from rlaif_ray.rollout import RolloutPool
 
     models = [args.model] if args.model else ["tiny"] if args.quick else ["tiny", "100m"]
@@ -166,10 +165,9 @@ def sweep(args) -> list[dict]:
     prompt_lens = _ints(args.prompt_len) if args.prompt_len else [None]
     rows = []
     for name in models:
-        if name == "smollm2":
-            path = str(smollm2_path("bf16" if args.dtype == "bf16" else "fp32"))
-        else:
-            path = str(tiny_model_path(BUILT_IN[name], seed=0)) if name in BUILT_IN else name
+        # the jobs' own resolver: 'smollm2', a dir or an HF id; 'tiny'/'100m' are the built-in tiny sizes
+        path = resolve_model_path(ModelConfig(path="tiny", tiny_params=BUILT_IN[name]) if name in BUILT_IN
+                                  else ModelConfig(path=name, dtype=args.dtype))
         params = _count_params(path)
         weight_bytes = params * (4 if args.dtype == "fp32" else 2)
         tok = load_tokenizer(path)
@@ -269,8 +267,8 @@ def _baseline(args, rows, name, path, tok, batches, prompt_lens, new_tokens, bas
 
 def _line(r: dict) -> str:
     return (f"{os.path.basename(str(r['model'])):>10} w{r['workers']} tp{r['tp']} batch {r['batch']:>4} "
-            f"prompt {str(r['prompt_len']):>5} new {r['new_tokens']:>4}: {r['vllm_tokens_per_s']:>9,.0f} tok/s  ttft p50 {r['ttft_s_p50']}s  "
-            f"itl p50 {r['itl_s_p50']}s  roofline {100 * r['roofline_fraction']:.1f}%")
+            f"prompt {str(r['prompt_len']):>5} new {r['new_tokens']:>4}: {r['vllm_tokens_per_s']:>9,.0f} tok/s  "
+            f"ttft p50 {r['ttft_s_p50']}s  itl p50 {r['itl_s_p50']}s  roofline {100 * r['roofline_fraction']:.1f}%")
 
 
 def _write(args, rows: list[dict]) -> None:
@@ -329,7 +327,8 @@ def run(args) -> int:
     for r in rows:
         hf = r.get("hf_tokens_per_s")
         print(f"{os.path.basename(str(r['model'])):>10} {r['workers']:>7} {r['tp']:>3} {r['batch']:>5} "
-              f"{str(r['prompt_len'] or '-'):>6} {r['new_tokens']:>4} {r['vllm_tokens_per_s']:>11,.0f} {'-' if hf is None else f'{hf:,.0f}':>9} "
+              f"{str(r['prompt_len'] or '-'):>6} {r['new_tokens']:>4} {r['vllm_tokens_per_s']:>11,.0f} "
+              f"{'-' if hf is None else f'{hf:,.0f}':>9} "
               f"{r.get('speedup', '-'):>8} {r['ttft_s_p50'] or '-':>9} {r['itl_s_p50'] or '-':>8} "
               f"{100 * r['roofline_fraction']:>8.1f}% {r['startup_s']:>7}")
     print(f"decode roofline: batch x tp x bandwidth / weight bytes per worker (bandwidth "
